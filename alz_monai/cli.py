@@ -1,0 +1,145 @@
+"""The ``alz-monai`` command: data tools around the MONAI bundles (synthetic data, splits, validation, demo)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from alz_monai.errors import DataError
+
+__all__ = ["main", "build_parser"]
+
+logger = logging.getLogger("alz_monai")
+
+
+def _classes(text: str) -> tuple[str, ...]:
+    classes = tuple(name.strip() for name in text.split(",") if name.strip())
+    if len(classes) < 2:
+        raise argparse.ArgumentTypeError(f"need at least two comma-separated class names, got {text!r}")
+    return classes
+
+
+def _ratios(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"ratios must be three numbers like 0.7,0.15,0.15, got {text!r}") from None
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"ratios must be three numbers (train,val,test), got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from alz_monai.data.synth import generate_synthetic_dataset, plot_examples
+
+    params = generate_synthetic_dataset(
+        args.output, subjects=args.subjects, sessions=args.sessions, classes=args.classes, effect=args.effect,
+        spacing=args.spacing, seed=args.seed, shuffle_labels=args.shuffle_labels, workers=args.workers,
+        overwrite=args.overwrite)
+    print(f"wrote {params['scans']} scans of {args.subjects} subjects to {args.output}")
+    print(f"theoretical best accuracy for effect {params['effect']:.3f}: {params['theoretical_best_accuracy']:.3f}")
+    if args.figure:
+        plot_examples(args.output, args.figure)
+        print(f"example slices: {args.figure}")
+    return 0
+
+
+def _cmd_split(args: argparse.Namespace) -> int:
+    from alz_monai.data.records import load_records, summarize_records
+    from alz_monai.data.splits import assign_splits, check_no_leakage, write_split_table
+
+    output = Path(args.output)
+    if output.exists() and not args.force:
+        raise FileExistsError(f"{output} exists; pass --force to replace it or choose another --output")
+    records = load_records(args.dataset, classes=args.classes)
+    if args.keep_given and all(r["split"] for r in records):
+        logger.info("keeping the splits the dataset gives")
+    else:
+        records = assign_splits([{**r, "split": ""} for r in records], ratios=args.ratios, seed=args.seed)
+    check_no_leakage(records, source=str(args.dataset))
+    write_split_table(records, output)
+    print(summarize_records(records, args.classes))
+    print(f"split table written to {output}")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from alz_monai.data.records import load_records, summarize_records
+    from alz_monai.data.validate import validate_records
+
+    records = load_records(args.dataset, classes=args.classes)
+    problems = validate_records(records, args.classes, read_voxels=not args.headers_only)
+    print(summarize_records(records, args.classes))
+    if problems:
+        print(f"{len(problems)} problem(s) in {args.dataset}:")
+        for problem in problems:
+            print(f"  - {problem}")
+        return 1
+    print(f"all {len(records)} scans are readable 3D volumes with finite, non-constant voxels")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from alz_monai.demo import run_demo
+
+    return run_demo(Path(args.output_dir), fast=args.fast)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alz-monai", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    synth = sub.add_parser("synth", help="generate the synthetic T1 dataset (MNI152-based)")
+    synth.add_argument("output", help="output folder (must be empty or new)")
+    synth.add_argument("--subjects", type=int, default=40)
+    synth.add_argument("--sessions", type=int, default=2)
+    synth.add_argument("--classes", type=_classes, default=("CN", "AD"), help="e.g. CN,AD or CN,MCI,AD")
+    synth.add_argument("--effect", type=float, default=None, help="class separation of the latent severity")
+    synth.add_argument("--spacing", type=float, default=2.0, help="voxel size in mm")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--shuffle-labels", action="store_true", help="permute labels by participant (control)")
+    synth.add_argument("--workers", type=int, default=1)
+    synth.add_argument("--overwrite", action="store_true", help="replace a previous output in the folder")
+    synth.add_argument("--figure", default=None, help="also save a PNG of example slices here")
+    synth.set_defaults(func=_cmd_synth)
+
+    split = sub.add_parser("split", help="write a subject-level split table for a dataset")
+    split.add_argument("dataset", help="folder, CSV/TSV table or MONAI datalist JSON")
+    split.add_argument("--output", default="splits.tsv")
+    split.add_argument("--classes", type=_classes, default=("CN", "AD"))
+    split.add_argument("--ratios", type=_ratios, default=(0.7, 0.15, 0.15), help="train,val,test")
+    split.add_argument("--seed", type=int, default=0)
+    split.add_argument("--keep-given", action="store_true", help="keep splits the dataset already carries")
+    split.add_argument("--force", action="store_true", help="replace an existing split table")
+    split.set_defaults(func=_cmd_split)
+
+    validate = sub.add_parser("validate-data", help="check every scan and label; list all problems at once")
+    validate.add_argument("dataset")
+    validate.add_argument("--classes", type=_classes, default=("CN", "AD"))
+    validate.add_argument("--headers-only", action="store_true", help="skip reading voxels (faster)")
+    validate.set_defaults(func=_cmd_validate)
+
+    demo = sub.add_parser("demo", help="synthetic data, both training stages, evaluation, a table of test metrics")
+    demo.add_argument("--output-dir", default="runs/demo")
+    demo.add_argument("--fast", action="store_true", help="smallest settings (a smoke test, not a result)")
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (DataError, FileExistsError, FileNotFoundError, ValueError) as error:
+        print(f"alz-monai {args.command}: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Collect an evaluator's predictions on the device and turn them into a full classification report."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import ignite.distributed as idist
+import torch
+from ignite.engine import Engine, Events
+from monai.utils import CommonKeys
+
+from alz_monai import metrics, plots, stats
+from alz_monai.fileio import atomic_write_json, atomic_write_text
+from alz_monai.handlers.events import RunEvents, register_run_events
+
+__all__ = ["ClassificationReport"]
+
+logger = logging.getLogger(__name__)
+
+# Scalars streamed to TensorBoard at every evaluation; the JSON reports hold everything.
+TENSORBOARD_SCALARS = ("accuracy", "balanced_accuracy", "auc", "average_precision", "f1_macro", "sensitivity",
+                       "specificity", "mcc")
+METADATA_KEYS = ("participant_id", "session_id")
+
+
+class ClassificationReport:
+    """Metrics, figures, per-class JSON and a predictions CSV for one evaluator.
+
+    Predictions stay on the device during the epoch (no host synchronisation per iteration), are gathered
+    from every rank at the end, and are reported once. Scalar metrics go to ``engine.state.metrics`` so
+    that checkpointing and learning-rate schedules can use them.
+
+    ``artifacts`` chooses when files and figures are written: ``"on_best"`` (validation: when the
+    checkpointer fires ``RunEvents.BEST_METRIC_IMPROVED``, as ``best_val_*``), ``"always"`` (test and
+    evaluation runs), or ``"never"``.
+    """
+
+    def __init__(
+        self,
+        class_names: Sequence[str],
+        output_dir: str | Path,
+        prefix: str = "val",
+        artifacts: str = "on_best",
+        summary_writer: Any = None,
+        global_step_transform: Callable[[int], int] | None = None,
+        bootstrap_resamples: int = 0,
+        calibration_bins: int = 15,
+        seed: int = 0,
+    ) -> None:
+        if artifacts not in ("on_best", "always", "never"):
+            raise ValueError(f"artifacts must be 'on_best', 'always' or 'never', got {artifacts!r}")
+        self.class_names = list(class_names)
+        self.output_dir = Path(output_dir)
+        self.prefix = prefix
+        self.artifacts = artifacts
+        self.summary_writer = summary_writer
+        self.global_step_transform = global_step_transform or (lambda epoch: epoch)
+        self.bootstrap_resamples = bootstrap_resamples
+        self.calibration_bins = calibration_bins
+        self.seed = seed
+        self.report: dict[str, Any] | None = None
+        self._reset()
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self._reset())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._compute)
+        if self.artifacts == "always":
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self.write_artifacts)
+        elif self.artifacts == "on_best":
+            register_run_events(engine)
+            engine.add_event_handler(RunEvents.BEST_METRIC_IMPROVED, self.write_artifacts)
+
+    def _reset(self) -> None:
+        self._probs: list[torch.Tensor] = []
+        self._labels: list[torch.Tensor] = []
+        self._meta: dict[str, list[str]] = {"image": [], **{key: [] for key in METADATA_KEYS}}
+
+    def _collect(self, engine: Engine) -> None:
+        output, batch = engine.state.output, engine.state.batch
+        logits = output[CommonKeys.PRED]
+        self._probs.append(torch.softmax(logits.detach().float(), dim=1))
+        self._labels.append(output[CommonKeys.LABEL].detach().reshape(-1))
+        images = batch[CommonKeys.IMAGE]
+        filenames = images.meta.get("filename_or_obj") if hasattr(images, "meta") else None
+        count = logits.shape[0]
+        self._meta["image"].extend(_as_list(filenames, count))
+        for key in METADATA_KEYS:
+            self._meta[key].extend(_as_list(batch.get(key), count))
+
+    def _gather(self) -> tuple[torch.Tensor, torch.Tensor, dict[str, list[str]]]:
+        probs = torch.cat(self._probs) if self._probs else torch.zeros(0, len(self.class_names))
+        labels = torch.cat(self._labels) if self._labels else torch.zeros(0, dtype=torch.long)
+        meta = self._meta
+        if idist.get_world_size() > 1:
+            probs, labels = idist.all_gather(probs), idist.all_gather(labels)
+            meta = {key: _all_gather_list(values) for key, values in meta.items()}
+        return probs.cpu(), labels.cpu().long(), meta
+
+    def _compute(self, engine: Engine) -> None:
+        probs, labels, meta = self._gather()
+        if labels.numel() == 0:
+            raise RuntimeError(f"{self.prefix}: the evaluator produced no predictions; is the {self.prefix} split empty?")
+        report = metrics.classification_report(labels.numpy(), probs.numpy(), self.class_names)
+        report["expected_calibration_error"] = metrics.expected_calibration_error(
+            labels.numpy(), probs.numpy(), n_bins=self.calibration_bins)
+        self.report = report
+        self._predictions = (labels, probs, meta)
+        scalars = metrics.scalar_metrics(report)
+        engine.state.metrics.update(scalars)
+        step = self.global_step_transform(engine.state.epoch)
+        logger.info("%s epoch %d: %s", self.prefix, step,
+                    ", ".join(f"{name}={scalars[name]:.4f}" for name in TENSORBOARD_SCALARS if name in scalars))
+        if self.summary_writer is not None and idist.get_rank() == 0:
+            for name in TENSORBOARD_SCALARS:
+                if name in scalars:
+                    self.summary_writer.add_scalar(f"{self.prefix}/{name}", scalars[name], step)
+            self.summary_writer.flush()
+
+    def write_artifacts(self, engine: Engine) -> None:
+        """JSON reports, predictions CSV and figures (PNG and TensorBoard) of the last evaluation."""
+        if self.report is None or idist.get_rank() != 0:
+            return
+        name = "best_val" if self.artifacts == "on_best" else self.prefix
+        out = self.output_dir
+        out.mkdir(parents=True, exist_ok=True)
+        labels, probs, meta = self._predictions
+        y_true, y_prob = labels.numpy(), probs.numpy()
+        report = dict(self.report)
+        report["epoch"] = self.global_step_transform(engine.state.epoch)
+        if self.bootstrap_resamples > 0:
+            report["confidence_intervals"] = stats.bootstrap_ci(
+                y_true, y_prob, self.class_names, groups=meta["participant_id"] or None,
+                n_resamples=self.bootstrap_resamples, seed=self.seed)
+        atomic_write_json(out / f"{name}_metrics.json", metrics.to_jsonable(report))
+        atomic_write_json(out / f"{name}_per_class_metrics.json", metrics.to_jsonable(report["per_class"]))
+        atomic_write_text(out / f"{name}_predictions.csv", self._predictions_csv(y_true, y_prob, meta))
+        self._write_figures(name, y_true, y_prob, report["epoch"])
+        logger.info("%s reports written to %s", name, out)
+
+    def _predictions_csv(self, y_true: Any, y_prob: Any, meta: dict[str, list[str]]) -> str:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["participant_id", "session_id", "image", "true_label", "predicted_label",
+                         *[f"prob_{name}" for name in self.class_names]])
+        predicted = y_prob.argmax(axis=1)
+        for i in range(len(y_true)):
+            writer.writerow([meta["participant_id"][i], meta["session_id"][i], meta["image"][i],
+                             self.class_names[y_true[i]], self.class_names[predicted[i]],
+                             *[f"{p:.6f}" for p in y_prob[i]]])
+        return buffer.getvalue()
+
+    def _write_figures(self, name: str, y_true: Any, y_prob: Any, step: int) -> None:
+        report = self.report
+        assert report is not None
+        per_class = report["per_class"]
+        figures = {
+            "roc": plots.plot_roc(metrics.roc_curves(y_true, y_prob, self.class_names),
+                                  {c: per_class[c]["auc"] for c in per_class}),
+            "pr": plots.plot_pr(metrics.pr_curves(y_true, y_prob, self.class_names),
+                                {c: per_class[c]["average_precision"] for c in per_class}),
+            "confusion_matrix": plots.plot_confusion_matrix(report["confusion_matrix"], self.class_names),
+            "per_class": plots.plot_per_class_bars(per_class),
+            "reliability": plots.plot_reliability(
+                metrics.reliability_curve(y_true, y_prob, n_bins=self.calibration_bins),
+                report["expected_calibration_error"]),
+        }
+        for kind, fig in figures.items():
+            if self.summary_writer is not None:
+                self.summary_writer.add_figure(f"{name}/{kind}", fig, step, close=False)
+            plots.save_figure(fig, self.output_dir / f"{name}_{kind}.png")
+        if self.summary_writer is not None:
+            self.summary_writer.flush()
+
+
+def _as_list(values: Any, count: int) -> list[str]:
+    """Collated metadata as a list of strings of the batch's length ('' where absent)."""
+    if values is None:
+        return [""] * count
+    if isinstance(values, (str, Path)):
+        values = [values]
+    values = [str(v) for v in values]
+    if len(values) != count:
+        return [""] * count
+    return values
+
+
+def _all_gather_list(values: list[str]) -> list[str]:
+    gathered: list[list[str]] = [[] for _ in range(idist.get_world_size())]
+    torch.distributed.all_gather_object(gathered, values)
+    return [value for part in gathered for value in part]

@@ -1,0 +1,165 @@
+"""Run-folder guard: one run per output folder, and no silent overwrite of an earlier run.
+
+A run folder holds ``checkpoints/``, ``tensorboard/`` and reports. Starting a new run in a folder that
+already holds one would mix two runs' curves and replace their checkpoints, so it is refused unless the
+caller asks to resume; two processes training into one folder at once are refused through a lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from pathlib import Path
+from types import TracebackType
+
+__all__ = [
+    "CHECKPOINTS_DIRNAME",
+    "LATEST_CHECKPOINT_NAME",
+    "RunDirError",
+    "RunLock",
+    "latest_checkpoint",
+    "prepare_report_dir",
+    "prepare_run_dir",
+    "refuse_existing",
+    "require_file",
+]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINTS_DIRNAME = "checkpoints"
+LATEST_CHECKPOINT_NAME = "checkpoint_latest.pt"
+LOCK_FILENAME = ".lock"
+# Entries whose presence means the folder already holds a run (besides a non-empty checkpoints/ folder).
+RUN_MARKERS = ("tensorboard", "summary_all.json")
+
+
+class RunDirError(RuntimeError):
+    """The output folder cannot be used for this run; the message says why and what to do."""
+
+
+class RunLock:
+    """Exclusive ``flock`` on ``<output>/.lock``, held until :meth:`release`, the end of a ``with`` block,
+    the object's garbage collection or process exit (the kernel drops the lock with the file descriptor).
+
+    Keep a reference for as long as the run lasts: a dropped RunLock releases the folder.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.lock_path = run_dir / LOCK_FILENAME
+        try:
+            self._handle = open(self.lock_path, "a+", encoding="utf-8")  # noqa: SIM115 (held for the lock's life)
+        except OSError as error:
+            raise RunDirError(
+                f"cannot write to the output folder {run_dir} ({error.strerror}); "
+                "fix its permissions or choose another --output_dir"
+            ) from error
+        try:
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._handle.seek(0)
+            holder = self._handle.read().strip() or "unknown"
+            self._handle.close()
+            raise RunDirError(
+                f"another run is using {run_dir} (pid {holder}); wait for it or choose another --output_dir"
+            ) from None
+        self._handle.seek(0)
+        self._handle.truncate()
+        self._handle.write(f"{os.getpid()}\n")
+        self._handle.flush()
+
+    @property
+    def locked(self) -> bool:
+        return not self._handle.closed
+
+    def release(self) -> None:
+        """Give the folder up; calling it again does nothing."""
+        if self._handle.closed:
+            return
+        fcntl.flock(self._handle, fcntl.LOCK_UN)
+        self._handle.close()
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint a resumed run starts from, or None when the folder has none."""
+    path = Path(output_dir) / CHECKPOINTS_DIRNAME / LATEST_CHECKPOINT_NAME
+    return path if path.is_file() else None
+
+
+def _holds_run(run_dir: Path) -> bool:
+    checkpoints = run_dir / CHECKPOINTS_DIRNAME
+    if checkpoints.is_dir() and any(checkpoints.iterdir()):
+        return True
+    return any((run_dir / marker).exists() for marker in RUN_MARKERS)
+
+
+def prepare_run_dir(output_dir: str | os.PathLike, resume: bool) -> RunLock:
+    """Create ``output_dir`` if needed, check it suits a new or resumed run, and lock it.
+
+    Raises:
+        RunDirError: the folder cannot be created or written, holds a run while ``resume`` is False,
+            lacks ``checkpoints/checkpoint_latest.pt`` while ``resume`` is True, or another process holds it.
+
+    Under multi-GPU training call it on rank 0 only: every other rank would find the folder locked.
+    """
+    run_dir = Path(output_dir).expanduser().absolute()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunDirError(
+            f"cannot create the output folder {run_dir} ({error.strerror}); choose another --output_dir"
+        ) from error
+    lock = RunLock(run_dir)
+    try:
+        if resume and latest_checkpoint(run_dir) is None:
+            raise RunDirError(
+                f"cannot resume: {run_dir / CHECKPOINTS_DIRNAME / LATEST_CHECKPOINT_NAME} does not exist; "
+                "pass --resume false to start a new run, in a new or empty --output_dir"
+            )
+        if not resume and _holds_run(run_dir):
+            raise RunDirError(
+                f"{run_dir} already holds a run; pass --resume true to continue it, or choose a new --output_dir"
+            )
+    except RunDirError:
+        lock.release()
+        raise
+    logger.info("%s run in %s (locked by pid %d)", "resuming" if resume else "starting", run_dir, os.getpid())
+    return lock
+
+
+def require_file(path: str | os.PathLike, what: str) -> str:
+    """``path`` if it is a file; otherwise a RunDirError saying what it should have been."""
+    if not Path(path).is_file():
+        raise RunDirError(f"{path} does not exist: {what}")
+    return str(path)
+
+
+def refuse_existing(path: str | os.PathLike, overwrite: bool) -> None:
+    """Refuse to replace a file a user produced unless ``overwrite`` is set."""
+    if Path(path).exists() and not overwrite:
+        raise RunDirError(f"{path} already exists; pass --overwrite true to replace it, or choose another path")
+
+
+def prepare_report_dir(report_dir: str | os.PathLike, overwrite: bool) -> RunLock:
+    """Create and lock a folder for an evaluation's reports; a non-empty one is kept unless ``overwrite``."""
+    report_dir = Path(report_dir).expanduser().absolute()
+    if report_dir.is_dir() and any(p.name != LOCK_FILENAME for p in report_dir.iterdir()) and not overwrite:
+        raise RunDirError(f"{report_dir} already holds reports; pass --overwrite true to replace them, or choose "
+                          "another --eval_split or --output_dir")
+    try:
+        report_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunDirError(f"cannot create {report_dir} ({error.strerror}); choose another --output_dir") from error
+    return RunLock(report_dir)
