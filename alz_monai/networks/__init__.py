@@ -1,0 +1,38 @@
+"""3D classifiers: ResNet3D, Mosa (ResNet3D + multi-scale transformer fusion), and a name-based factory."""
+
+from .factory import NETWORK_NAMES, ViTClassifier, get_network
+from .mosa import Mosa, MosaShared, token_grid_for
+from .resnet3d import (
+    RESNET_ARCHITECTURES,
+    BasicBlock,
+    Bottleneck,
+    ResNet3D,
+    build_resnet3d,
+    resnet10_3d,
+    resnet18_3d,
+    resnet34_3d,
+    resnet50_3d,
+    resnet101_3d,
+)
+from .weights import LoadReport, load_backbone_weights
+
+__all__ = [
+    "NETWORK_NAMES",
+    "RESNET_ARCHITECTURES",
+    "BasicBlock",
+    "Bottleneck",
+    "LoadReport",
+    "Mosa",
+    "MosaShared",
+    "ResNet3D",
+    "ViTClassifier",
+    "build_resnet3d",
+    "get_network",
+    "load_backbone_weights",
+    "resnet10_3d",
+    "resnet18_3d",
+    "resnet34_3d",
+    "resnet50_3d",
+    "resnet101_3d",
+    "token_grid_for",
+]
