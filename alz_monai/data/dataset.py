@@ -14,11 +14,12 @@ from monai.data.utils import json_hashing
 from torch.utils.data import WeightedRandomSampler
 
 from alz_monai.data.records import bids_entity, is_nifti, load_records, summarize_records
-from alz_monai.data.splits import records_for_split, resolve_splits
+from alz_monai.data.splits import kfold_splits, records_for_split, resolve_splits
 from alz_monai.data.validate import ensure_valid, validate_records
+from alz_monai.distributed import barrier, is_main_process
 from alz_monai.errors import DataError
 
-__all__ = ["CACHE_MODES", "DATASET_KEYS", "prepare_records", "split_records", "scan_records", "build_dataset",
+__all__ = ["CACHE_MODES", "DATASET_KEYS", "PATH_KEY", "prepare_records", "split_records", "scan_records", "build_dataset",
            "class_balanced_sampler", "class_weights"]
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 CACHE_MODES = ("memory", "disk", "none")
 # what a dataset item carries: table extras (age, sex, ...) stay in the records, out of the batches
 DATASET_KEYS = ("image", "label", "participant_id", "session_id")
+PATH_KEY = "path"  # the scan's path, kept as a string once LoadImaged has replaced "image" by the volume
 
 
 def prepare_records(
@@ -35,16 +37,28 @@ def prepare_records(
     split_ratios: Sequence[float] = (0.7, 0.15, 0.15),
     seed: int = 0,
     validate: bool = True,
+    fold: int | None = None,
+    num_folds: int = 5,
 ) -> list[dict[str, Any]]:
     """Load, validate and split a dataset: the one entry point of every bundle.
 
     Validation reads every scan before any training so that all data problems are reported at once;
-    the split table written to ``output_dir`` is reused on resume and evaluation.
+    the split table written to ``output_dir`` is reused on resume and evaluation. With ``fold`` set, the
+    train and val participants are regrouped into ``num_folds`` folds and fold ``fold`` validates; the
+    test split is never touched.
     """
     records = load_records(source, classes=classes)
-    if validate:
-        ensure_valid(records, classes)
-    records = resolve_splits(records, output_dir, ratios=split_ratios, seed=seed)
+    # under multi-GPU training rank 0 validates and writes the split table; the other ranks then reuse it
+    if is_main_process():
+        if validate:
+            ensure_valid(records, classes)
+        records = resolve_splits(records, output_dir, ratios=split_ratios, seed=seed)
+    barrier()
+    if not is_main_process():
+        records = resolve_splits(records, output_dir, ratios=split_ratios, seed=seed)
+    if fold is not None:
+        records = kfold_splits(records, num_folds=num_folds, fold=fold, seed=seed)
+        logger.info("cross-validation fold %d of %d", fold, num_folds)
     logger.info("dataset %s\n%s", source, summarize_records(records, classes))
     return records
 
@@ -70,7 +84,8 @@ def build_dataset(
     ``cache_dir`` (survives restarts); ``none``: every transform on every access."""
     if cache not in CACHE_MODES:
         raise ValueError(f"unknown cache mode {cache!r}; valid modes: {', '.join(CACHE_MODES)}")
-    data = [{key: record[key] for key in DATASET_KEYS if key in record} for record in records]
+    data = [{**{key: record[key] for key in DATASET_KEYS if key in record}, PATH_KEY: record["image"]}
+            for record in records]
     if cache == "memory":
         return CacheDataset(data, transform=transform, cache_rate=cache_rate, num_workers=num_workers,
                             progress=progress, copy_cache=False)

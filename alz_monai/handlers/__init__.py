@@ -1,5 +1,6 @@
 """Ignite handlers of alz-monai, one per file, each with ``attach(engine)``."""
 
+from alz_monai.handlers.broadcast_buffers import BroadcastBuffers
 from alz_monai.handlers.checkpoint import GradScalerState, RunCheckpointer, unwrap_network
 from alz_monai.handlers.classification_report import ClassificationReport
 from alz_monai.handlers.entropy_lr import EntropyAdaptiveLR
@@ -11,7 +12,7 @@ from alz_monai.handlers.resume import RunResumer
 from alz_monai.handlers.tensorboard import HistogramLogger, LearningRateLogger, TensorBoardResume
 
 __all__ = [
-    "ClassificationReport", "EntropyAdaptiveLR", "GradScalerState", "GradientClipping", "HistogramLogger",
+    "BroadcastBuffers", "ClassificationReport", "EntropyAdaptiveLR", "GradScalerState", "GradientClipping", "HistogramLogger",
     "LearningRateLogger", "PredictionWriter", "RandomStateRecorder", "RunCheckpointer", "RunEvents", "RunResumer",
     "TensorBoardResume", "unwrap_network",
 ]

@@ -12,9 +12,10 @@ from typing import Any
 import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
-from monai.utils import CommonKeys
+from monai.utils import CommonKeys, evenly_divisible_all_gather
 
 from alz_monai import metrics, plots, stats
+from alz_monai.data.dataset import PATH_KEY
 from alz_monai.fileio import atomic_write_json, atomic_write_text
 from alz_monai.handlers.events import RunEvents, register_run_events
 
@@ -86,10 +87,8 @@ class ClassificationReport:
         logits = output[CommonKeys.PRED]
         self._probs.append(torch.softmax(logits.detach().float(), dim=1))
         self._labels.append(output[CommonKeys.LABEL].detach().reshape(-1))
-        images = batch[CommonKeys.IMAGE]
-        filenames = images.meta.get("filename_or_obj") if hasattr(images, "meta") else None
         count = logits.shape[0]
-        self._meta["image"].extend(_as_list(filenames, count))
+        self._meta["image"].extend(_as_list(batch.get(PATH_KEY), count))
         for key in METADATA_KEYS:
             self._meta[key].extend(_as_list(batch.get(key), count))
 
@@ -97,8 +96,9 @@ class ClassificationReport:
         probs = torch.cat(self._probs) if self._probs else torch.zeros(0, len(self.class_names))
         labels = torch.cat(self._labels) if self._labels else torch.zeros(0, dtype=torch.long)
         meta = self._meta
-        if idist.get_world_size() > 1:
-            probs, labels = idist.all_gather(probs), idist.all_gather(labels)
+        if idist.get_world_size() > 1:  # ranks hold uneven shares of the split: gather them all
+            probs = evenly_divisible_all_gather(probs, concat=True)
+            labels = evenly_divisible_all_gather(labels, concat=True)
             meta = {key: _all_gather_list(values) for key, values in meta.items()}
         return probs.cpu(), labels.cpu().long(), meta
 

@@ -12,6 +12,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.utils import CommonKeys
 
+from alz_monai.data.dataset import PATH_KEY
 from alz_monai.fileio import atomic_write_text
 
 __all__ = ["PredictionWriter"]
@@ -38,7 +39,7 @@ class PredictionWriter:
         self._probs.append(torch.softmax(logits.detach().float(), dim=1))
         batch = engine.state.batch
         count = logits.shape[0]
-        images = batch[CommonKeys.IMAGE].meta["filename_or_obj"]
+        images = batch[PATH_KEY]
         participants = batch.get("participant_id", [""] * count)
         sessions = batch.get("session_id", [""] * count)
         self._rows.extend(zip(map(str, images), map(str, participants), map(str, sessions)))
