@@ -8,7 +8,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from alz_monai.errors import DataError
+from alz_monai.compare import add_compare_parser
+from alz_monai.crossval import add_cv_parser
+from alz_monai.errors import AlzMonaiError
 
 __all__ = ["main", "build_parser"]
 
@@ -88,6 +90,25 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.output_dir), fast=args.fast)
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    import json
+
+    from alz_monai.demo import run_bundle
+
+    overrides = {"input": str(Path(args.input).absolute()), "output_dir": str(Path(args.run_dir).absolute()),
+                 "saliency_methods": json.dumps(args.methods)}
+    if args.target:
+        overrides["saliency_target"] = args.target
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
+        overrides[key] = value
+    run_bundle(args.bundle, "explaining", ["configs/train.yaml", "configs/explain.yaml"], overrides)
+    print(f"saliency maps in {Path(args.run_dir) / 'saliency'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alz-monai", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -127,6 +148,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output-dir", default="runs/demo")
     demo.add_argument("--fast", action="store_true", help="smallest settings (a smoke test, not a result)")
     demo.set_defaults(func=_cmd_demo)
+
+    explain = sub.add_parser("explain", help="Grad-CAM and occlusion maps of scans, on each scan's own grid")
+    explain.add_argument("input", help="a NIfTI scan, a folder of them or a text file listing them")
+    explain.add_argument("--run-dir", required=True, help="training run whose checkpoints/model_best.pt is explained")
+    explain.add_argument("--bundle", default="ad_resnet3d", choices=("ad_resnet3d", "ad_mosa"))
+    explain.add_argument("--methods", nargs="+", default=["gradcam", "occlusion"], choices=("gradcam", "occlusion"))
+    explain.add_argument("--target", default=None, help="class to explain, e.g. AD (default: the predicted class)")
+    explain.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="bundle overrides the run was trained with (e.g. spatial_size=[96,112,96])")
+    explain.set_defaults(func=_cmd_explain)
+
+    add_cv_parser(sub)
+    add_compare_parser(sub)
     return parser
 
 
@@ -136,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (DataError, FileExistsError, FileNotFoundError, ValueError) as error:
+    except (AlzMonaiError, FileExistsError, FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"alz-monai {args.command}: {error}", file=sys.stderr)
         return 2
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from monai.losses import FocalLoss
 from torch import nn
+from alz_monai.errors import ConfigError
 
 __all__ = ["LOSS_NAMES", "build_loss", "ClassificationFocalLoss"]
 
@@ -42,4 +43,4 @@ def build_loss(
         if class_weights is not None and focal_alpha is None:
             focal_alpha = [float(w) for w in torch.as_tensor(class_weights)]
         return ClassificationFocalLoss(gamma=focal_gamma, alpha=focal_alpha)
-    raise ValueError(f"unknown loss {name!r}; valid losses: {', '.join(LOSS_NAMES)}")
+    raise ConfigError(f"unknown loss {name!r}; valid losses: {', '.join(LOSS_NAMES)}")

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, ReduceLROnPlateau
+from alz_monai.errors import ConfigError
 
 __all__ = ["OPTIMIZER_NAMES", "SCHEDULER_NAMES", "build_optimizer", "build_scheduler", "WarmupPlateau",
            "scheduler_step_transform"]
@@ -37,7 +38,7 @@ def build_optimizer(
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **fused)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
-    raise ValueError(f"unknown optimizer {name!r}; valid optimizers: {', '.join(OPTIMIZER_NAMES)}")
+    raise ConfigError(f"unknown optimizer {name!r}; valid optimizers: {', '.join(OPTIMIZER_NAMES)}")
 
 
 def build_scheduler(
@@ -57,9 +58,9 @@ def build_scheduler(
     """
     name = name.lower()
     if name not in SCHEDULER_NAMES:
-        raise ValueError(f"unknown scheduler {name!r}; valid schedulers: {', '.join(SCHEDULER_NAMES)}")
+        raise ConfigError(f"unknown scheduler {name!r}; valid schedulers: {', '.join(SCHEDULER_NAMES)}")
     if warmup_epochs < 0 or (warmup_epochs > 0 and warmup_epochs >= num_epochs):
-        raise ValueError(f"warmup_epochs ({warmup_epochs}) must be >= 0 and below num_epochs ({num_epochs})")
+        raise ConfigError(f"warmup_epochs ({warmup_epochs}) must be >= 0 and below num_epochs ({num_epochs})")
     if name == "plateau":
         return WarmupPlateau(optimizer, warmup_epochs=warmup_epochs, mode=plateau_mode, factor=gamma,
                              patience=plateau_patience)

@@ -13,6 +13,9 @@ import os
 from pathlib import Path
 from types import TracebackType
 
+from alz_monai.errors import AlzMonaiError
+from alz_monai.utils import parse_flag
+
 __all__ = [
     "CHECKPOINTS_DIRNAME",
     "LATEST_CHECKPOINT_NAME",
@@ -34,7 +37,7 @@ LOCK_FILENAME = ".lock"
 RUN_MARKERS = ("tensorboard", "summary_all.json")
 
 
-class RunDirError(RuntimeError):
+class RunDirError(AlzMonaiError, RuntimeError):
     """The output folder cannot be used for this run; the message says why and what to do."""
 
 
@@ -109,11 +112,13 @@ def prepare_run_dir(output_dir: str | os.PathLike, resume: bool) -> RunLock:
     """Create ``output_dir`` if needed, check it suits a new or resumed run, and lock it.
 
     Raises:
-        RunDirError: the folder cannot be created or written, holds a run while ``resume`` is False,
-            lacks ``checkpoints/checkpoint_latest.pt`` while ``resume`` is True, or another process holds it.
+        RunDirError: ``resume`` is not a flag (see :func:`parse_flag`), the folder cannot be created or
+            written, holds a run while ``resume`` is False, lacks ``checkpoints/checkpoint_latest.pt`` while
+            ``resume`` is True, or another process holds it.
 
     Under multi-GPU training call it on rank 0 only: every other rank would find the folder locked.
     """
+    resume = parse_flag("resume", resume)
     run_dir = Path(output_dir).expanduser().absolute()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -148,12 +153,14 @@ def require_file(path: str | os.PathLike, what: str) -> str:
 
 def refuse_existing(path: str | os.PathLike, overwrite: bool) -> None:
     """Refuse to replace a file a user produced unless ``overwrite`` is set."""
+    overwrite = parse_flag("overwrite", overwrite)
     if Path(path).exists() and not overwrite:
         raise RunDirError(f"{path} already exists; pass --overwrite true to replace it, or choose another path")
 
 
 def prepare_report_dir(report_dir: str | os.PathLike, overwrite: bool) -> RunLock:
     """Create and lock a folder for an evaluation's reports; a non-empty one is kept unless ``overwrite``."""
+    overwrite = parse_flag("overwrite", overwrite)
     report_dir = Path(report_dir).expanduser().absolute()
     if report_dir.is_dir() and any(p.name != LOCK_FILENAME for p in report_dir.iterdir()) and not overwrite:
         raise RunDirError(f"{report_dir} already holds reports; pass --overwrite true to replace them, or choose "

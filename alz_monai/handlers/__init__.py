@@ -6,6 +6,7 @@ from alz_monai.handlers.classification_report import ClassificationReport
 from alz_monai.handlers.entropy_lr import EntropyAdaptiveLR
 from alz_monai.handlers.events import RunEvents
 from alz_monai.handlers.gradient_clipping import GradientClipping
+from alz_monai.handlers.loss_scaling import SkipBFloat16LossScaling
 from alz_monai.handlers.prediction_writer import PredictionWriter
 from alz_monai.handlers.random_state import RandomStateRecorder
 from alz_monai.handlers.resume import RunResumer
@@ -14,5 +15,5 @@ from alz_monai.handlers.tensorboard import HistogramLogger, LearningRateLogger, 
 __all__ = [
     "BroadcastBuffers", "ClassificationReport", "EntropyAdaptiveLR", "GradScalerState", "GradientClipping", "HistogramLogger",
     "LearningRateLogger", "PredictionWriter", "RandomStateRecorder", "RunCheckpointer", "RunEvents", "RunResumer",
-    "TensorBoardResume", "unwrap_network",
+    "SkipBFloat16LossScaling", "TensorBoardResume", "unwrap_network",
 ]

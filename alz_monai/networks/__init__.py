@@ -1,6 +1,6 @@
 """3D classifiers: ResNet3D, Mosa (ResNet3D + multi-scale transformer fusion), and a name-based factory."""
 
-from .factory import NETWORK_NAMES, ViTClassifier, get_network
+from .factory import NETWORK_NAMES, ViTClassifier, get_network, to_device
 from .mosa import Mosa, MosaShared, token_grid_for
 from .resnet3d import (
     RESNET_ARCHITECTURES,
@@ -34,5 +34,6 @@ __all__ = [
     "resnet34_3d",
     "resnet50_3d",
     "resnet101_3d",
+    "to_device",
     "token_grid_for",
 ]

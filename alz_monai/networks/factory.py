@@ -10,8 +10,9 @@ from torch import nn
 
 from .mosa import Mosa, MosaShared
 from .resnet3d import RESNET_ARCHITECTURES, build_resnet3d
+from alz_monai.errors import ConfigError
 
-__all__ = ["NETWORK_NAMES", "ViTClassifier", "get_network"]
+__all__ = ["NETWORK_NAMES", "ViTClassifier", "get_network", "to_device"]
 
 
 class ViTClassifier(nn.Module):
@@ -26,7 +27,7 @@ class ViTClassifier(nn.Module):
         super().__init__()
         if any(size % patch_size for size in spatial_size):
             suggestion = tuple(max(patch_size, round(size / patch_size) * patch_size) for size in spatial_size)
-            raise ValueError(
+            raise ConfigError(
                 f"ViT needs every spatial dimension divisible by patch_size={patch_size}, got {tuple(spatial_size)}; "
                 f"resize the images to e.g. {suggestion}"
             )
@@ -46,7 +47,7 @@ class ViTClassifier(nn.Module):
 
 def _require_spatial_size(name: str, spatial_size: Sequence[int] | None) -> Sequence[int]:
     if spatial_size is None:
-        raise ValueError(f"Network {name!r} needs spatial_size, the (D, H, W) input size, e.g. (96, 112, 96)")
+        raise ConfigError(f"Network {name!r} needs spatial_size, the (D, H, W) input size, e.g. (96, 112, 96)")
     return spatial_size
 
 
@@ -99,5 +100,19 @@ def get_network(
     """
     builder = _BUILDERS.get(name.lower())
     if builder is None:
-        raise ValueError(f"Unknown network {name!r}; valid names: {', '.join(NETWORK_NAMES)}")
+        raise ConfigError(f"Unknown network {name!r}; valid names: {', '.join(NETWORK_NAMES)}")
     return builder(in_channels=in_channels, num_classes=num_classes, spatial_size=spatial_size, **options)
+
+
+def to_device(network: nn.Module, device: torch.device | str, channels_last: bool = False) -> nn.Module:
+    """Move a network to ``device``; ``channels_last`` stores its 3D convolution weights channels-last.
+
+    Only the 5D weights change layout (``Module.to(memory_format=...)`` refuses modules that also hold
+    4D parameters, such as Mosa's positional embeddings); cuDNN then picks its channels-last kernels.
+    """
+    network = network.to(device)
+    if channels_last:
+        for module in network.modules():
+            if isinstance(module, nn.Conv3d):
+                module.to(memory_format=torch.channels_last_3d)
+    return network

@@ -26,6 +26,7 @@ from torch import nn
 
 from .resnet3d import ResNet3D, build_resnet3d
 from .weights import load_backbone_weights
+from alz_monai.errors import ConfigError
 
 __all__ = ["Mosa", "MosaShared", "token_grid_for"]
 
@@ -39,7 +40,7 @@ def token_grid_for(spatial_size: Sequence[int], deepest_downsampling: int = 32) 
     spatial_size = tuple(int(size) for size in spatial_size)
     if len(spatial_size) != 3 or any(size % SPATIAL_MULTIPLE or size <= 0 for size in spatial_size):
         suggestion = tuple(max(SPATIAL_MULTIPLE, round(size / SPATIAL_MULTIPLE) * SPATIAL_MULTIPLE) for size in spatial_size)
-        raise ValueError(
+        raise ConfigError(
             f"Mosa needs 3 spatial dimensions, each a positive multiple of {SPATIAL_MULTIPLE}, got {spatial_size}; "
             f"resize or pad the images to e.g. {suggestion}"
         )
@@ -56,9 +57,9 @@ class SelfAttention(nn.Module):
     def __init__(self, embed_dim: int, num_heads: int, qkv_bias: bool, attn_drop_rate: float, drop_rate: float) -> None:
         super().__init__()
         if embed_dim % num_heads:
-            raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
+            raise ConfigError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
         if not 0.0 <= attn_drop_rate < 1.0:
-            raise ValueError(f"attn_drop_rate must be in [0, 1), got {attn_drop_rate}")
+            raise ConfigError(f"attn_drop_rate must be in [0, 1), got {attn_drop_rate}")
         self.num_heads = num_heads
         self.attn_drop_rate = attn_drop_rate
         self.qkv = nn.Linear(embed_dim, 3 * embed_dim, bias=qkv_bias)
@@ -223,7 +224,7 @@ class MosaBase(nn.Module):
         if not isinstance(backbone, ResNet3D):
             raise TypeError(f"Mosa backbone must be a ResNet3D or a name like 'resnet18', got {type(backbone).__name__}")
         if backbone.conv1.in_channels != in_channels:
-            raise ValueError(
+            raise ConfigError(
                 f"Mosa got in_channels={in_channels} but its backbone takes {backbone.conv1.in_channels} channels"
             )
         backbone.reset_classifier(0)
@@ -252,7 +253,7 @@ class MosaBase(nn.Module):
     def tokenize(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Token sequences ``(batch, 1 + tokens, embed_dim)`` of every pyramid level."""
         if not torch.jit.is_tracing() and (x.dim() != 5 or list(x.shape[1:]) != self._expected_input):
-            raise ValueError(
+            raise ConfigError(
                 f"Mosa was built for input (batch, {self._expected_input[0]}, {self._expected_input[1]}, "
                 f"{self._expected_input[2]}, {self._expected_input[3]}), got {list(x.shape)}; resize the input or "
                 "build the network with that spatial_size"

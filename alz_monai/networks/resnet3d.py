@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from alz_monai.errors import ConfigError
 
 __all__ = [
     "RESNET_ARCHITECTURES",
@@ -111,7 +112,7 @@ class ResNet3D(nn.Module):
     ) -> None:
         super().__init__()
         if len(layers) != len(STAGE_PLANES):
-            raise ValueError(f"ResNet3D needs {len(STAGE_PLANES)} stage depths, got layers={list(layers)}")
+            raise ConfigError(f"ResNet3D needs {len(STAGE_PLANES)} stage depths, got layers={list(layers)}")
         self.block_expansion = block.expansion
         self.conv1 = nn.Conv3d(in_channels, STEM_CHANNELS, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm3d(STEM_CHANNELS)
@@ -164,7 +165,7 @@ class ResNet3D(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         """Replace ``fc`` by a freshly initialised one (``num_classes=0`` removes it)."""
         if num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+            raise ConfigError(f"num_classes must be >= 0, got {num_classes}")
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -195,7 +196,7 @@ RESNET_ARCHITECTURES: dict[str, tuple[type[BasicBlock] | type[Bottleneck], tuple
 def build_resnet3d(name: str, **kwargs) -> ResNet3D:
     """Build a ResNet3D by depth name (``"resnet18"``); kwargs go to ``ResNet3D``."""
     if name not in RESNET_ARCHITECTURES:
-        raise ValueError(f"Unknown ResNet3D {name!r}; valid names: {', '.join(RESNET_ARCHITECTURES)}")
+        raise ConfigError(f"Unknown ResNet3D {name!r}; valid names: {', '.join(RESNET_ARCHITECTURES)}")
     block, layers = RESNET_ARCHITECTURES[name]
     return ResNet3D(block, layers, **kwargs)
 

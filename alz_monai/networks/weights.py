@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from alz_monai.errors import ConfigError
 
 __all__ = ["LoadReport", "load_backbone_weights"]
 
@@ -73,14 +74,14 @@ def load_backbone_weights(
         elif key.startswith(classifier_prefix):
             skipped.append(key)
         elif key in model_state:
-            raise ValueError(
+            raise ConfigError(
                 f"{source_name}: {key} has shape {tuple(tensor.shape)} but {type(model).__name__} expects "
                 f"{tuple(model_state[key].shape)}; the checkpoint belongs to another architecture"
             )
         else:
             unexpected.append(key)
     if not loadable:
-        raise ValueError(
+        raise ConfigError(
             f"{source_name}: no tensor matches {type(model).__name__} (checkpoint keys start {list(state_dict)[:3]}, "
             f"model keys start {list(model_state)[:3]}); check that it is a checkpoint of this architecture"
         )
@@ -92,7 +93,7 @@ def load_backbone_weights(
             shapes = ", ".join(
                 f"{key} {_shape_of(state_dict.get(key))} vs model {_shape_of(model_state.get(key))}" for key in unloaded
             )
-            raise ValueError(
+            raise ConfigError(
                 f"{source_name}: strict_classifier is set but the classifier does not fit: {shapes}; "
                 "drop strict_classifier to train a new head"
             )
@@ -126,11 +127,11 @@ def _read_state_dict(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> 
             break
         checkpoint = checkpoint[wrapper]
     if not isinstance(checkpoint, Mapping):
-        raise ValueError(f"{source_name}: expected a state dict, got {type(checkpoint).__name__}")
+        raise ConfigError(f"{source_name}: expected a state dict, got {type(checkpoint).__name__}")
     state_dict: dict[str, torch.Tensor] = {}
     for key, value in checkpoint.items():
         if not isinstance(value, torch.Tensor):
-            raise ValueError(
+            raise ConfigError(
                 f"{source_name}: entry {key!r} is a {type(value).__name__}, not a tensor; expected a state dict or "
                 f"a checkpoint wrapping one under one of {WRAPPER_KEYS}"
             )

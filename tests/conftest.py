@@ -1,0 +1,139 @@
+"""Shared fixtures: a tiny synthetic dataset and finished runs of both bundles, each made once per session.
+
+The bundles run as a user runs them, ``python -m monai.bundle ...`` from the bundle folder, in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BUNDLES_DIR = REPO_ROOT / "bundles"
+STAGE1, STAGE2 = "ad_resnet3d", "ad_mosa"
+TRAIN_CONFIG = "configs/train.yaml"
+BUNDLE_TIMEOUT_S = 600
+
+# 8 participants x 2 sessions at 6 mm; with the ratios below 4/2/2 participants, so every split holds both classes
+TINY_DATASET = {"subjects": 8, "sessions": 2, "spacing": 6.0, "seed": 0}
+# A constant learning rate makes a 2-epoch run resumed to 4 epochs comparable value by value with a 4-epoch run.
+TINY_TRAINING = {
+    "spatial_size": [32, 32, 32],
+    "pixdim": [6, 6, 6],
+    "split_ratios": [0.5, 0.25, 0.25],
+    "bootstrap_resamples": 50,
+    "log_every_n_steps": 1,
+    "scheduler_name": "constant",
+    "warmup_epochs": 0,
+}
+TINY_MOSA = {"embed_dim": 32, "num_heads": 4}
+STAGE1_EPOCHS = 4
+STAGE2_EPOCHS = 2
+
+
+def cli_overrides(knobs: Mapping[str, Any]) -> list[str]:
+    """``--key value`` pairs as ``python -m monai.bundle`` parses them (lists and numbers as Python literals)."""
+    args: list[str] = []
+    for key, value in knobs.items():
+        args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+    return args
+
+
+@dataclass(frozen=True)
+class BundleRun:
+    """A finished training run and the knobs every later command on it must repeat."""
+
+    bundle: str
+    dataset_dir: Path
+    output_dir: Path
+    knobs: dict[str, Any] = field(default_factory=dict)
+    num_epochs: int = STAGE1_EPOCHS
+
+    @property
+    def bundle_dir(self) -> Path:
+        return BUNDLES_DIR / self.bundle
+
+    @property
+    def knob_args(self) -> list[str]:
+        """The knobs alone: what commands that only build the network need."""
+        return cli_overrides(self.knobs)
+
+    @property
+    def cli_args(self) -> list[str]:
+        """Data, run folder and knobs: what training and evaluation need."""
+        return ["--dataset_dir", str(self.dataset_dir), "--output_dir", str(self.output_dir), *self.knob_args]
+
+
+class BundleCLI:
+    """``python -m monai.bundle <args>`` in a bundle's folder, as a user runs it (config macros need that)."""
+
+    @staticmethod
+    def _env() -> dict[str, str]:
+        # One thread per run: the test machine is shared, and oversubscribed threads make 3D convolutions crawl.
+        # No GPU: CPU runs are deterministic, so resumed and uninterrupted runs can be compared value by value.
+        return {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+    def __call__(self, bundle: str, *args: str, expect_success: bool = True) -> subprocess.CompletedProcess[str]:
+        """The finished process, stdout and stderr together in ``.stdout``; a failure it did not expect fails
+        the test with the end of the log."""
+        completed = subprocess.run(
+            [sys.executable, "-m", "monai.bundle", *args],
+            cwd=BUNDLES_DIR / bundle,
+            env=self._env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=BUNDLE_TIMEOUT_S,
+            check=False,
+        )
+        if expect_success and completed.returncode != 0:
+            pytest.fail(f"{bundle}: `python -m monai.bundle {' '.join(args)}` exited with {completed.returncode}:\n"
+                        f"{completed.stdout[-4000:]}")
+        return completed
+
+    def train(self, run: BundleRun, *extra_args: str, config_file: str = TRAIN_CONFIG,
+              expect_success: bool = True) -> subprocess.CompletedProcess[str]:
+        """The ``training`` workflow on ``run``'s folder; ``extra_args`` come last and win."""
+        return self(run.bundle, "run", "training", "--config_file", config_file, *run.cli_args,
+                    "--num_epochs", str(run.num_epochs), *extra_args, expect_success=expect_success)
+
+
+@pytest.fixture(scope="session")
+def bundle_cli() -> BundleCLI:
+    return BundleCLI()
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from alz_monai.data.synth import generate_synthetic_dataset
+
+    dataset_dir = tmp_path_factory.mktemp("data") / "synthetic"
+    generate_synthetic_dataset(dataset_dir, progress=False, **TINY_DATASET)
+    return dataset_dir
+
+
+@pytest.fixture(scope="session")
+def stage1_run(tmp_path_factory: pytest.TempPathFactory, tiny_dataset: Path, bundle_cli: BundleCLI) -> BundleRun:
+    """An uninterrupted ad_resnet3d run of STAGE1_EPOCHS epochs."""
+    run = BundleRun(STAGE1, tiny_dataset, tmp_path_factory.mktemp("stage1") / "run", dict(TINY_TRAINING))
+    bundle_cli.train(run)
+    return run
+
+
+@pytest.fixture(scope="session")
+def stage2_run(tmp_path_factory: pytest.TempPathFactory, stage1_run: BundleRun, bundle_cli: BundleCLI) -> BundleRun:
+    """An ad_mosa run of STAGE2_EPOCHS epochs initialised from the stage-1 run's best model."""
+    knobs = {**TINY_TRAINING, **TINY_MOSA,
+             "stage1_model": str(stage1_run.output_dir / "checkpoints" / "model_best.pt")}
+    run = BundleRun(STAGE2, stage1_run.dataset_dir, tmp_path_factory.mktemp("stage2") / "run", knobs,
+                    num_epochs=STAGE2_EPOCHS)
+    bundle_cli.train(run)
+    return run
