@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from monai.losses import FocalLoss
 from torch import nn
+
 from alz_monai.errors import ConfigError
 
 __all__ = ["LOSS_NAMES", "build_loss", "ClassificationFocalLoss"]

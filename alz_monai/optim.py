@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, ReduceLROnPlateau
+
 from alz_monai.errors import ConfigError
 
 __all__ = ["OPTIMIZER_NAMES", "SCHEDULER_NAMES", "build_optimizer", "build_scheduler", "WarmupPlateau",

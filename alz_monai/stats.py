@@ -9,26 +9,12 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
-from alz_monai.metrics import POSITIVE_CLASS, classification_report, validate_predictions
+from alz_monai.metrics import POSITIVE_CLASS, SCALAR_KEYS, classification_report, validate_predictions
 
 logger = logging.getLogger(__name__)
 
 #: Metrics :func:`bootstrap_ci` and :func:`resampled_metrics` can compute (keys of ``classification_report``).
-BOOTSTRAP_METRICS = (
-    "accuracy",
-    "balanced_accuracy",
-    "precision_macro",
-    "recall_macro",
-    "f1_macro",
-    "precision_weighted",
-    "recall_weighted",
-    "f1_weighted",
-    "sensitivity",
-    "specificity",
-    "auc",
-    "average_precision",
-    "mcc",
-)
+BOOTSTRAP_METRICS = SCALAR_KEYS
 
 #: McNemar's test switches from the exact binomial to chi-square at this many discordant pairs.
 MCNEMAR_EXACT_BELOW = 25

@@ -19,8 +19,8 @@ from monai.handlers import ValidationHandler
 from monai.transforms import Compose, OneOf, RandFlipd, RandGaussianNoised, RandRotate90d, RandSpatialCropd
 
 from alz_monai.handlers.checkpoint import GradScalerState, RunCheckpointer
-from alz_monai.handlers.resume import RunResumer
 from alz_monai.handlers.random_state import RandomStateRecorder, find_random_states
+from alz_monai.handlers.resume import RunResumer
 
 BATCHES = [
     {"image": torch.randn(3, 4, generator=torch.Generator().manual_seed(seed)), "label": torch.tensor([0, 1, 1])}

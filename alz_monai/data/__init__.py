@@ -1,5 +1,6 @@
 """Data: discovery from three sources, leakage-free splits, validation, transforms and cached datasets."""
 
+from alz_monai.data.augment import BatchAugmentation, DeviceBatch
 from alz_monai.data.dataset import (
     CACHE_MODES,
     build_dataset,
@@ -11,12 +12,12 @@ from alz_monai.data.dataset import (
 )
 from alz_monai.data.records import DEFAULT_CLASSES, load_records, summarize_records
 from alz_monai.data.splits import assign_splits, check_no_leakage, kfold_splits, resolve_splits
-from alz_monai.data.augment import BatchAugmentation, DeviceBatch
 from alz_monai.data.transforms import CastToFloatd, ForegroundThreshold, NormalizeForegroundd
 from alz_monai.data.validate import ensure_valid, validate_records
 
 __all__ = [
-    "CACHE_MODES", "DEFAULT_CLASSES", "BatchAugmentation", "CastToFloatd", "DeviceBatch", "ForegroundThreshold", "NormalizeForegroundd",
+    "CACHE_MODES", "DEFAULT_CLASSES", "BatchAugmentation", "CastToFloatd", "DeviceBatch", "ForegroundThreshold",
+    "NormalizeForegroundd",
     "assign_splits", "build_dataset", "check_no_leakage", "class_balanced_sampler", "class_weights",
     "ensure_valid", "kfold_splits", "load_records", "prepare_records", "resolve_splits", "scan_records",
     "split_records", "summarize_records", "validate_records",

@@ -19,8 +19,8 @@ from alz_monai.data.validate import ensure_valid, validate_records
 from alz_monai.distributed import barrier, is_main_process
 from alz_monai.errors import DataError
 
-__all__ = ["CACHE_MODES", "DATASET_KEYS", "PATH_KEY", "prepare_records", "split_records", "scan_records", "build_dataset",
-           "class_balanced_sampler", "class_weights"]
+__all__ = ["CACHE_MODES", "DATASET_KEYS", "PATH_KEY", "prepare_records", "split_records", "scan_records",
+           "build_dataset", "class_balanced_sampler", "class_weights"]
 
 logger = logging.getLogger(__name__)
 

@@ -285,9 +285,10 @@ def generate_synthetic_dataset(
 def plot_examples(dataset_dir: str | Path, out_png: str | Path, *, per_class: int = 2) -> Path:
     """Figure of baseline scans per class: coronal slice through the hippocampi, axial through the ventricles and
     the ground-truth atrophy map; the scans shown are spread over each class's range of latent atrophy."""
-    from alz_monai.plots import save_figure
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
+    from alz_monai.plots import save_figure
 
     root = Path(dataset_dir)
     table_path = root / "scans.tsv"

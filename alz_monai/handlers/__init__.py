@@ -13,7 +13,7 @@ from alz_monai.handlers.resume import RunResumer
 from alz_monai.handlers.tensorboard import HistogramLogger, LearningRateLogger, TensorBoardResume
 
 __all__ = [
-    "BroadcastBuffers", "ClassificationReport", "EntropyAdaptiveLR", "GradScalerState", "GradientClipping", "HistogramLogger",
-    "LearningRateLogger", "PredictionWriter", "RandomStateRecorder", "RunCheckpointer", "RunEvents", "RunResumer",
+    "BroadcastBuffers", "ClassificationReport", "EntropyAdaptiveLR", "GradScalerState", "GradientClipping",
+    "HistogramLogger", "LearningRateLogger", "PredictionWriter", "RandomStateRecorder", "RunCheckpointer", "RunEvents", "RunResumer",
     "SkipBFloat16LossScaling", "TensorBoardResume", "unwrap_network",
 ]

@@ -8,9 +8,10 @@ import torch
 from monai.networks.nets import DenseNet121, ViT
 from torch import nn
 
+from alz_monai.errors import ConfigError
+
 from .mosa import Mosa, MosaShared
 from .resnet3d import RESNET_ARCHITECTURES, build_resnet3d
-from alz_monai.errors import ConfigError
 
 __all__ = ["NETWORK_NAMES", "ViTClassifier", "get_network", "to_device"]
 

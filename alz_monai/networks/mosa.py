@@ -24,9 +24,10 @@ import torch.nn.functional as F
 from monai.networks.blocks import MLPBlock
 from torch import nn
 
+from alz_monai.errors import ConfigError
+
 from .resnet3d import ResNet3D, build_resnet3d
 from .weights import load_backbone_weights
-from alz_monai.errors import ConfigError
 
 __all__ = ["Mosa", "MosaShared", "token_grid_for"]
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+
 from alz_monai.errors import ConfigError
 
 __all__ = [

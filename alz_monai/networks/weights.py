@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
 from alz_monai.errors import ConfigError
 
 __all__ = ["LoadReport", "load_backbone_weights"]
