@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 CHECKPOINTS_DIRNAME = "checkpoints"
 LATEST_CHECKPOINT_NAME = "checkpoint_latest.pt"
 LOCK_FILENAME = ".lock"
+# The temporary files of alz_monai.fileio.atomic_open: a save cut short by a kill leaves one behind.
+PARTIAL_SAVE_GLOB = ".*.tmp"
 # Entries whose presence means the folder already holds a run (besides a non-empty checkpoints/ folder).
 RUN_MARKERS = ("tensorboard", "summary_all.json")
 
@@ -109,7 +111,8 @@ def _holds_run(run_dir: Path) -> bool:
 
 
 def prepare_run_dir(output_dir: str | os.PathLike, resume: bool) -> RunLock:
-    """Create ``output_dir`` if needed, check it suits a new or resumed run, and lock it.
+    """Create ``output_dir`` if needed, check it suits a new or resumed run, and lock it. A resumed run's
+    folder is also cleared of checkpoint saves that a kill cut short.
 
     Raises:
         RunDirError: ``resume`` is not a flag (see :func:`parse_flag`), the folder cannot be created or
@@ -140,8 +143,18 @@ def prepare_run_dir(output_dir: str | os.PathLike, resume: bool) -> RunLock:
     except RunDirError:
         lock.release()
         raise
+    if resume:
+        _remove_partial_saves(run_dir / CHECKPOINTS_DIRNAME)
     logger.info("%s run in %s (locked by pid %d)", "resuming" if resume else "starting", run_dir, os.getpid())
     return lock
+
+
+def _remove_partial_saves(checkpoint_dir: Path) -> None:
+    """Delete the temporary files of checkpoint saves that a kill cut short (possibly gigabytes); they never
+    got a final name, so nothing reads them. Safe only under the run's lock: no save is in progress."""
+    for partial in checkpoint_dir.glob(PARTIAL_SAVE_GLOB):
+        partial.unlink(missing_ok=True)
+        logger.info("removed %s, left by a save that the previous run did not finish", partial)
 
 
 def require_file(path: str | os.PathLike, what: str) -> str:

@@ -11,7 +11,7 @@ import torch
 
 from alz_monai.errors import ConfigError
 
-__all__ = ["parse_flag", "seed_everything"]
+__all__ = ["check_flags", "parse_flag", "seed_everything"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,3 +43,9 @@ def parse_flag(name: str, value: object) -> bool:
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
     raise ConfigError(f"{name} must be true or false, got {value!r}; pass --{name} true or --{name} false")
+
+
+def check_flags(**flags: object) -> None:
+    """Check every boolean knob of a bundle at start-up, before any data is read."""
+    for name, value in flags.items():
+        parse_flag(name, value)

@@ -9,7 +9,8 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,3 +138,19 @@ def stage2_run(tmp_path_factory: pytest.TempPathFactory, stage1_run: BundleRun, 
                     num_epochs=STAGE2_EPOCHS)
     bundle_cli.train(run)
     return run
+
+
+SideBySide = Callable[[Mapping[str, Callable[[], Any]]], dict[str, Any]]
+
+
+def _run_side_by_side(tasks: Mapping[str, Callable[[], Any]]) -> dict[str, Any]:
+    with ThreadPoolExecutor(max_workers=max(1, min(len(tasks), os.cpu_count() or 1))) as pool:
+        futures = {key: pool.submit(task) for key, task in tasks.items()}
+        return {key: future.result() for key, future in futures.items()}
+
+
+@pytest.fixture(scope="session")
+def run_side_by_side() -> SideBySide:
+    """Runs independent tasks (typically bundle runs, one thread each) as many at a time as there are CPU cores,
+    since each run computes on one thread; returns their results by key. A task's failure fails the caller."""
+    return _run_side_by_side

@@ -92,6 +92,10 @@ def _header_problems(path: str, image: Any, max_voxels: int) -> list[str]:
     return problems
 
 
+def _voxels_are(count: int) -> str:
+    return "1 voxel is" if count == 1 else f"{count:,} voxels are"
+
+
 def _voxel_problems(path: str, image: Any) -> list[str]:
     """Read the data fully, slab by slab, counting non-finite voxels and tracking the value range."""
     shape = image.shape
@@ -115,9 +119,9 @@ def _voxel_problems(path: str, image: Any) -> list[str]:
         return [f"{path}: voxel data cannot be read, the file is probably truncated ({error}); {_REMOVE}"]
     problems = []
     if nan_count:
-        problems.append(f"{path}: {nan_count:,} voxels are NaN; {_REMOVE}")
+        problems.append(f"{path}: {_voxels_are(nan_count)} NaN; {_REMOVE}")
     if inf_count:
-        problems.append(f"{path}: {inf_count:,} voxels are infinite (Inf); {_REMOVE}")
+        problems.append(f"{path}: {_voxels_are(inf_count)} infinite (Inf); {_REMOVE}")
     if low == high:
         problems.append(f"{path}: every voxel is {low:g} (constant volume, no image content); {_REMOVE}")
     return problems
