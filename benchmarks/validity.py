@@ -7,7 +7,9 @@ AUC against the generator's theoretical best accuracy:
 - ``shuffled``: the same images with labels permuted by participant (the generator's --shuffle-labels
   control, written as a table here so the images are shared) -- should score near chance;
 - ``scan`` (``--leaky``): every scan treated as its own participant, so sessions of one subject land in
-  different splits: the leakage the default cannot produce; the difference shows what leakage does.
+  different splits: the leakage the default cannot produce; the difference shows what leakage does;
+- ``shuffled_scan`` (``--leaky`` too): both at once. Labels carry no disease signal, but a subject's
+  sessions share one label, so a network that recognises subjects scores above chance: leakage made visible.
 
     python benchmarks/validity.py DATASET_DIR OUTPUT_DIR [--leaky] -- <bundle overrides>
 """
@@ -67,12 +69,12 @@ def main() -> None:
     args, overrides = parser.parse_known_args()  # everything else goes to the bundle
     overrides = [o for o in overrides if o != "--"]
     bound = json.loads((args.dataset / "synth_parameters.json").read_text())["theoretical_best_accuracy"]
-    conditions = args.conditions.split(",") + (["scan"] if args.leaky else [])
+    conditions = args.conditions.split(",") + (["scan", "shuffled_scan"] if args.leaky else [])
     rows = []
     for condition in conditions:
         table = write_table(args.dataset, args.output / f"tables_{condition}",
-                            shuffle_seed=1 if condition == "shuffled" else None,
-                            scan_as_participant=condition == "scan")
+                            shuffle_seed=1 if condition.startswith("shuffled") else None,
+                            scan_as_participant=condition.endswith("scan"))
         run_dir = args.output / condition
         subprocess.run([sys.executable, str(BENCHMARKS / "bundle_throughput.py"), "--name", f"validity_{condition}",
                         "--", "--dataset_dir", str(table), "--output_dir", str(run_dir), *overrides], check=True)
