@@ -1,4 +1,4 @@
-"""Run-level reports: the end-of-training summary and printed metric tables."""
+"""Run-level reports: the end-of-training summary and metric tables."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def load_json(path: str | Path) -> dict[str, Any]:
 
 def write_run_summary(output_dir: str | Path, key_metric: str, eval_split: str = "test") -> dict[str, Any]:
     """``summary_all.json``: the best validation metrics with their epoch and the evaluation split's metrics
-    of the best checkpoint, printed as a table too."""
+    of the best checkpoint, logged as a table too."""
     output_dir = Path(output_dir)
     best = load_json(output_dir / "checkpoints" / "best_metric.json")
     evaluation = load_json(output_dir / "reports" / f"{eval_split}_metrics.json")

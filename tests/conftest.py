@@ -112,13 +112,18 @@ def bundle_cli() -> BundleCLI:
     return BundleCLI()
 
 
-@pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def make_synthetic_dataset(tmp_path_factory: pytest.TempPathFactory, folder: str, **params: Any) -> Path:
+    """A synthetic dataset in a fresh temporary folder (shared by the dataset fixtures of every test file)."""
     from alz_monai.data.synth import generate_synthetic_dataset
 
-    dataset_dir = tmp_path_factory.mktemp("data") / "synthetic"
-    generate_synthetic_dataset(dataset_dir, progress=False, **TINY_DATASET)
+    dataset_dir = tmp_path_factory.mktemp(folder) / "synthetic"
+    generate_synthetic_dataset(dataset_dir, progress=False, **params)
     return dataset_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_synthetic_dataset(tmp_path_factory, "data", **TINY_DATASET)
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import STAGE1, STAGE2, TINY_MOSA, TINY_TRAINING, BundleCLI, BundleRun
+from conftest import STAGE1, STAGE2, TINY_MOSA, TINY_TRAINING, BundleCLI, BundleRun, make_synthetic_dataset
 from matplotlib import image as mpimg
 from sklearn import metrics as skm
 from sklearn.preprocessing import label_binarize
@@ -40,11 +40,7 @@ COMPARE_RESAMPLES = 50
 
 @pytest.fixture(scope="module")
 def three_class_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from alz_monai.data.synth import generate_synthetic_dataset
-
-    dataset_dir = tmp_path_factory.mktemp("data3") / "synthetic"
-    generate_synthetic_dataset(dataset_dir, progress=False, **THREE_CLASS_DATASET)
-    return dataset_dir
+    return make_synthetic_dataset(tmp_path_factory, "data3", **THREE_CLASS_DATASET)
 
 
 @pytest.fixture(scope="module")

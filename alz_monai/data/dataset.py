@@ -67,7 +67,8 @@ def split_records(records: Sequence[dict[str, Any]], split: str) -> list[dict[st
     """The records of one split; an empty split is an error (nothing to train or evaluate on)."""
     selected = records_for_split(records, split)
     if not selected:
-        raise ValueError(f"the {split!r} split is empty; check the dataset's split column or the split ratios")
+        raise DataError([f"the {split!r} split is empty"], source="the split assignment",
+                        hint="Check the dataset's split column or the split ratios, then run again.")
     return selected
 
 
