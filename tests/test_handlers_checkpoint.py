@@ -6,6 +6,7 @@ import io
 import json
 import math
 import random
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,6 +19,7 @@ from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import ValidationHandler
 from monai.transforms import Compose, OneOf, RandFlipd, RandGaussianNoised, RandRotate90d, RandSpatialCropd
 
+import alz_monai.handlers.checkpoint as checkpoint_module
 from alz_monai.handlers.checkpoint import GradScalerState, RunCheckpointer
 from alz_monai.handlers.random_state import RandomStateRecorder, find_random_states
 from alz_monai.handlers.resume import RunResumer
@@ -41,6 +43,7 @@ class TinyRun:
         key_metric_name: str = "auc",
         key_metric_mode: str = "max",
         save_freq: int = 0,
+        background: bool = False,
     ) -> None:
         torch.manual_seed(0)
         self.network = torch.nn.Linear(4, 2)
@@ -73,6 +76,7 @@ class TinyRun:
             key_metric_name=key_metric_name,
             key_metric_mode=key_metric_mode,
             save_freq=save_freq,
+            background=background,
         )
         if resume:
             # RunResumer adds the trainer, its scaler and the checkpointer's record to what it loads
@@ -95,8 +99,9 @@ def _assert_same_weights(actual: Mapping[str, torch.Tensor], expected: Mapping[s
         torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=0)
 
 
-def test_files_are_written_and_load_weights_only(tmp_path: Path) -> None:
-    run = TinyRun(tmp_path, max_epochs=3, metric_by_epoch={1: 0.6, 2: 0.5, 3: 0.7}, save_freq=2)
+@pytest.mark.parametrize("background", [False, True], ids=["in_training_thread", "in_background"])
+def test_files_are_written_and_load_weights_only(tmp_path: Path, background: bool) -> None:
+    run = TinyRun(tmp_path, max_epochs=3, metric_by_epoch={1: 0.6, 2: 0.5, 3: 0.7}, save_freq=2, background=background)
     run.trainer.run()
 
     names = sorted(path.name for path in tmp_path.iterdir())
@@ -117,6 +122,60 @@ def test_files_are_written_and_load_weights_only(tmp_path: Path) -> None:
     _assert_same_weights(_load(tmp_path / "model_best.pt"), run.weights_by_epoch[3])
     record = json.loads((tmp_path / "best_metric.json").read_text())
     assert record == {"metric": "auc", "value": 0.7, "epoch": 3, "metrics": {"auc": 0.7, "accuracy": 0.5}}
+
+
+def test_background_write_saves_the_state_of_its_epoch_while_training_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The epoch-1 write is held until epoch 2 has taken an optimizer step: the file must still hold epoch 1's
+    weights, optimizer moments and counters, not the live (changed) ones."""
+    run = TinyRun(tmp_path, max_epochs=2, background=True)
+    stepped_in_epoch_2 = threading.Event()
+    run.trainer.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda engine: stepped_in_epoch_2.set() if engine.state.epoch == 2 else None
+    )
+    written_in_epoch_2: list[dict] = []
+    real_save = checkpoint_module.atomic_torch_save
+
+    def held_save(state: dict, path: Path) -> None:
+        if state["trainer"]["iteration"] == 2:  # the end of epoch 1 (2 batches per epoch)
+            assert stepped_in_epoch_2.wait(timeout=60), "training did not go on during the background write"
+            written_in_epoch_2.append(state)
+        real_save(state, path)
+
+    monkeypatch.setattr(checkpoint_module, "atomic_torch_save", held_save)
+    expected_momentum = {}
+    run.trainer.add_event_handler(
+        Events.EPOCH_COMPLETED(once=1),
+        lambda engine: expected_momentum.update(
+            {k: v["momentum_buffer"].clone() for k, v in run.optimizer.state_dict()["state"].items()}
+        ),
+    )
+    run.trainer.run()
+
+    (state,) = written_in_epoch_2
+    assert (state["trainer"]["iteration"], state["trainer"]["epoch_length"]) == (2, 2)
+    _assert_same_weights(state["network"], run.weights_by_epoch[1])
+    assert not torch.equal(run.weights_by_epoch[1]["weight"], run.weights_by_epoch[2]["weight"])
+    for key, momentum in expected_momentum.items():
+        torch.testing.assert_close(state["optimizer"]["state"][key]["momentum_buffer"], momentum, rtol=0, atol=0)
+    _assert_same_weights(_load(tmp_path / "checkpoint_latest.pt")["network"], run.weights_by_epoch[2])
+
+
+def test_background_write_error_stops_training_with_a_clear_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing_save(state: dict, path: Path) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_module, "atomic_torch_save", failing_save)
+    run = TinyRun(tmp_path, max_epochs=3, background=True)
+    epochs_started: list[int] = []
+    run.trainer.add_event_handler(Events.EPOCH_STARTED, lambda engine: epochs_started.append(engine.state.epoch))
+    with pytest.raises(RuntimeError, match=r"writing a checkpoint into .* failed: .*No space left on device"):
+        run.trainer.run()
+    assert epochs_started == [1, 2]  # epoch 1's failed write surfaces when epoch 2 saves
+    assert run.checkpointer._writer is None
 
 
 @pytest.mark.parametrize(

@@ -42,10 +42,11 @@ RESUMED_FROM_EPOCHS = 2
 KILLED_IN_EPOCH = 2  # every kill below lands in epoch 2, so the run resumes from epoch 1's checkpoint
 RELIABILITY_KNOBS = {**TINY_TRAINING, "network_def#name": "resnet10", "deterministic": "true"}
 # Both augmentation paths, each with its own random streams: MONAI transforms with the shuffling DataLoader;
-# batched augmentation with the class-balanced sampler (a torch.Generator of its own).
+# batched augmentation with the class-balanced sampler (a torch.Generator of its own), the latter resuming from
+# checkpoints written in the background (the killed runs below use the default, synchronous writes).
 AUGMENTATION_KNOBS = {
     "dataset": {"augmentation_on": "dataset"},
-    "batch": {"augmentation_on": "batch", "class_balanced_sampling": "true"},
+    "batch": {"augmentation_on": "batch", "class_balanced_sampling": "true", "background_checkpoint": "true"},
 }
 
 # Flushing first puts the killed epoch's events on disk, so the resumed run has stale events to hide.

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,32 @@ def unwrap_network(network: torch.nn.Module) -> torch.nn.Module:
 
 def epoch_checkpoint_name(epoch: int) -> str:
     return f"checkpoint_epoch={epoch}.pt"
+
+
+def _snapshot_state(value: Any) -> Any:
+    """A copy of a state dict that later training steps cannot change: tensors copied to host memory, every
+    container rebuilt (optimizer state dicts share their tensors and per-parameter dicts with the optimizer).
+
+    CUDA tensors go to pinned buffers (PyTorch's host allocator reuses them epoch after epoch) through
+    non-blocking copies, followed by one synchronisation, so the copy costs a fraction of a serialised write.
+    """
+    copied = _copy_to_host(value)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return copied
+
+
+def _copy_to_host(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        if value.device.type == "cuda":
+            host = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
+            return host.copy_(value.detach(), non_blocking=True)
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, Mapping):
+        return type(value)((key, _copy_to_host(item)) for key, item in value.items())
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(_copy_to_host(item) for item in value)
+    return copy.deepcopy(value)
 
 
 def _to_plain(value: Any) -> Any:
@@ -102,6 +130,12 @@ class RunCheckpointer:
         key_metric_name: metric deciding the best model.
         key_metric_mode: "max" when higher is better, "min" when lower is.
         save_freq: also keep ``checkpoint_epoch=<N>.pt`` every this many epochs; 0: never.
+        background: write the per-epoch checkpoints in a background thread from a host copy of the state
+            taken at the end of the epoch, so training goes on while the file is serialised and fsync'd. On
+            short epochs (small datasets, fast GPUs) the full-state write is otherwise as long as the epoch.
+            The trade-off: a kill while the write is still running loses that epoch too (the previous
+            checkpoint stays whole). The next save, and the end of training, wait for the write and raise
+            its error, if any. The final and best-model files are always written before training ends.
         enabled: False makes :meth:`attach` do nothing (e.g. on ranks other than 0).
     """
 
@@ -116,6 +150,7 @@ class RunCheckpointer:
         key_metric_name: str = "auc",
         key_metric_mode: str = "max",
         save_freq: int = 0,
+        background: bool = False,
         enabled: bool = True,
     ) -> None:
         if key_metric_mode not in KEY_METRIC_MODES:
@@ -136,7 +171,10 @@ class RunCheckpointer:
         self.key_metric_name = key_metric_name
         self.key_metric_mode = key_metric_mode
         self.save_freq = save_freq
+        self.background = background
         self.enabled = enabled
+        self._writer: threading.Thread | None = None
+        self._writer_error: BaseException | None = None
         self.best_value: float | None = None
         self.best_epoch: int | None = None
         self.best_metrics: dict[str, Any] = {}
@@ -184,13 +222,42 @@ class RunCheckpointer:
         }
 
     def _save_epoch(self, trainer: Engine) -> None:
-        state = self._full_state()
-        atomic_torch_save(state, self.save_dir / LATEST_CHECKPOINT_NAME)
+        paths = [self.save_dir / LATEST_CHECKPOINT_NAME]
         epoch = trainer.state.epoch
         if self.save_freq and epoch % self.save_freq == 0:
-            atomic_torch_save(state, self.save_dir / epoch_checkpoint_name(epoch))
+            paths.append(self.save_dir / epoch_checkpoint_name(epoch))
+        self.wait_for_writes()
+        if not self.background:
+            self._write(self._full_state(), paths)
+            return
+        self._writer = threading.Thread(
+            target=self._write_recording_error, args=(_snapshot_state(self._full_state()), paths),
+            name="checkpoint-writer",
+        )  # not a daemon: an interpreter exiting on an error still finishes the file
+        self._writer.start()
+
+    @staticmethod
+    def _write(state: Mapping[str, Any], paths: list[Path]) -> None:
+        for path in paths:
+            atomic_torch_save(state, path)
+
+    def _write_recording_error(self, state: Mapping[str, Any], paths: list[Path]) -> None:
+        try:
+            self._write(state, paths)
+        except BaseException as error:  # raised again in the training thread by wait_for_writes
+            self._writer_error = error
+
+    def wait_for_writes(self) -> None:
+        """Wait for a background checkpoint write; raise its error here, in the training thread."""
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        if self._writer_error is not None:
+            error, self._writer_error = self._writer_error, None
+            raise RuntimeError(f"writing a checkpoint into {self.save_dir} failed: {error}") from error
 
     def _save_final(self, trainer: Engine) -> None:
+        self.wait_for_writes()
         atomic_torch_save(self._full_state(), self.save_dir / FINAL_CHECKPOINT_NAME)
         logger.info("saved the final checkpoint to %s", self.save_dir / FINAL_CHECKPOINT_NAME)
 
