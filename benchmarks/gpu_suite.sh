@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The GPU measurements of the performance and validity issues, in two calls of under 10 minutes each on one
-# lent H200. Result JSON files and logs go to $WORK/results and, after every step, into $OUT/results.tar.
-#   bash benchmarks/gpu_suite.sh ceiling     # original pipeline; model-only step per lever; memory
-#   bash benchmarks/gpu_suite.sh final       # both, reordered to fit one call (accuracy runs in parallel)
-#   bash benchmarks/gpu_suite.sh pipeline    # bundle end to end, validity, cache fill, latency, saliency
+# The GPU measurements of the performance and validity issues, in calls of under 10 minutes each on one lent
+# H200. Result JSON files and logs go to $WORK/results and, after every step, into $OUT/results.tar.
+#   bash benchmarks/gpu_suite.sh ceiling   # original pipeline; model-only step per lever (no compile)
+#   bash benchmarks/gpu_suite.sh speed     # model-only step: every lever incl. compile, CUDA graphs, larger
+#                                          # batches, a kernel profile, peak memory and the largest batch
+#   bash benchmarks/gpu_suite.sh pipeline  # bundle end to end (background vs synchronous checkpoints),
+#                                          # validity on the test split, GPU latency, saliency validation
 set -uo pipefail
 part=${1:?ceiling or pipeline}
 cd "$(dirname "$0")/.."
@@ -32,45 +34,46 @@ step() {  # one measurement, its log kept per step
 }
 perf=(--spatial_size "[128,128,128]" --pixdim "[1.5,1.5,1.5]" --batch_size 16 --cache_workers 15
       --cache_device cuda:0 --augmentation_on batch --amp true --channels_last true --compile "${COMPILE:-false}"
-      --num_epochs 30 --learning_rate 0.0003 --warmup_epochs 2 --log_every_n_steps 50)
+      --learning_rate 0.0003 --warmup_epochs 2 --log_every_n_steps 50)
 case $part in
 ceiling)
     step python3 -m alz_monai.cli synth "$work/data1mm" --subjects 24 --sessions 2 --spacing 1.0 --workers 15
     step python3 benchmarks/original_pipeline.py "$work/data1mm" --workers 4,15 --limit 48 --label 1mm
     step python3 -m alz_monai.cli synth "$work/data2mm" --subjects 32 --sessions 2 --spacing 2.0 --workers 15
     step python3 benchmarks/original_pipeline.py "$work/data2mm" --workers 4,15 --limit 64 --label 2mm
-    step python3 benchmarks/model_step.py --models resnet18,mosa_shared,resnet50 --size 128 --batch 16 --steps 15
+    step python3 benchmarks/model_step.py --models resnet18,mosa_shared,resnet50 --compile-models "" --size 128 \
+        --batch 16 --steps 15 --memory-batches ""
     ;;
-final)  # one call for the rest: clean timings first, then the accuracy runs side by side
-    step python3 -m alz_monai.cli synth "$work/data" --subjects 200 --sessions 2 --spacing 2.0 --workers 15 &
-    synth=$!
-    step timeout 180 python3 benchmarks/model_step.py --models resnet18,mosa_shared,resnet50 --compile-models resnet18 \
-        --size 128 --batch 16 --steps 15 --memory-batches 8,16
-    wait $synth
-    step timeout 150 python3 benchmarks/validity.py "$work/data" "$work/validity" --conditions participant \
-        --label participant "${perf[@]}"
-    step timeout 40 python3 benchmarks/inference_latency.py "$work/data" --scans 200 \
-        --checkpoint "$work/validity/participant/checkpoints/model_best.pt"
-    step timeout 180 python3 benchmarks/validity.py "$work/data" "$work/validity" --conditions shuffled --leaky --label controls \
-        "${perf[@]}" &
-    controls=$!
-    step timeout 170 python3 benchmarks/saliency_validation.py --dataset "$work/data" \
-        --run-dir "$work/validity/participant" --set "spatial_size=[128,128,128]" --set "pixdim=[1.5,1.5,1.5]" \
-        --max-scans 15 --output-dir "$BENCH_OUT" &
-    saliency=$!
-    step timeout 90 python3 benchmarks/cache_fill.py "$work/data" --workers 4,15 --limit 32 --cache-dir "$work/pcache"
-    wait $controls $saliency
+speed)  # the uncompiled levers, profile and memory first; the compiled ones (minutes of compiling) after
+    step timeout 260 python3 benchmarks/model_step.py --models resnet18,mosa_shared,resnet50 --compile-models "" \
+        --size 128 --batch 16 --steps 15 --extra-batches 32 --profile-models resnet18,mosa_shared \
+        --memory-batches 8,16
+    step timeout 300 env BENCH_OUT="$BENCH_OUT/compiled" python3 benchmarks/model_step.py \
+        --models resnet18,mosa_shared --levers bf16_channels_last_compile,bf16_channels_last_compile_cudagraphs \
+        --size 128 --batch 16 --steps 15 --memory-batches ""
     ;;
-pipeline)
+pipeline)  # clean timings first (the GPU to themselves), then the control trainings and saliency side by side
     step python3 -m alz_monai.cli synth "$work/data" --subjects 200 --sessions 2 --spacing 2.0 --workers 15
-    step python3 benchmarks/validity.py "$work/data" "$work/validity" --conditions participant --label participant \
-        "${perf[@]}"
-    step python3 benchmarks/cache_fill.py "$work/data" --workers 4,15 --limit 64 --cache-dir "$work/pcache"
-    step python3 benchmarks/inference_latency.py "$work/data" --scans 200 \
+    step timeout 200 python3 benchmarks/validity.py "$work/data" "$work/validity" --conditions participant \
+        --label participant "${perf[@]}" --num_epochs 30 --background_checkpoint true
+    step timeout 100 python3 benchmarks/bundle_throughput.py --name r18_synchronous_checkpoint -- \
+        --dataset_dir "$work/validity/tables_participant/scans.tsv" --output_dir "$work/synchronous" "${perf[@]}" \
+        --num_epochs 6 --background_checkpoint false
+    step timeout 60 python3 benchmarks/inference_latency.py "$work/data" --scans 200 \
         --checkpoint "$work/validity/participant/checkpoints/model_best.pt"
-    step python3 benchmarks/saliency_validation.py --dataset "$work/data" --run-dir "$work/validity/participant" \
-        --set "spatial_size=[128,128,128]" --set "pixdim=[1.5,1.5,1.5]" --max-scans 30 --output-dir "$BENCH_OUT"
-    step python3 benchmarks/validity.py "$work/data" "$work/validity" --conditions shuffled --leaky --label controls \
-        "${perf[@]}"
+    side_by_side=()
+    for condition in shuffled scan; do
+        step timeout 260 python3 benchmarks/validity.py "$work/data" "$work/validity" --conditions $condition \
+            --label $condition "${perf[@]}" --num_epochs 30 --background_checkpoint true &
+        side_by_side+=($!)
+    done
+    for layer in layer4 layer3; do
+        methods=(gradcam occlusion); [ $layer = layer3 ] && methods=(gradcam)
+        step timeout 240 python3 benchmarks/saliency_validation.py --dataset "$work/data" \
+            --run-dir "$work/validity/participant" --set "spatial_size=[128,128,128]" --set "pixdim=[1.5,1.5,1.5]" \
+            --gradcam-layer $layer --methods "${methods[@]}" --max-scans 15 --output-dir "$BENCH_OUT/saliency_$layer" &
+        side_by_side+=($!)
+    done
+    wait "${side_by_side[@]}"
     ;;
 esac

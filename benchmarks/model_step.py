@@ -1,8 +1,11 @@
 """Model-only training-step throughput (the ceiling the data pipeline must feed), lever by lever.
 
 Random inputs (never zeros), AdamW, cross-entropy; each lever adds to the previous one:
-fp32 -> + cuDNN benchmark -> + bf16 autocast -> + channels_last_3d -> + torch.compile.
-Also peak GPU memory per batch size and the largest batch that fits (bf16 + channels_last_3d).
+fp32 -> + cuDNN benchmark -> + bf16 autocast -> + channels_last_3d -> + torch.compile (default mode) ->
++ CUDA graphs (torch.compile mode "reduce-overhead"). Also: peak GPU memory per batch size and the largest
+batch that fits (bf16 + channels_last_3d, predicted from two sizes, then run); samples/s at other batch sizes;
+and a profile of one configuration (``--profile-models``): GPU time per step by kernel category, the share of
+the step the GPU is busy, and the matrix throughput of the convolutions (FLOPs counted by PyTorch).
 
     python benchmarks/model_step.py --models resnet18,resnet50,mosa_shared --size 128 --batch 16
 """
@@ -11,8 +14,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import sys
 from pathlib import Path
+
+from collections.abc import Callable
 
 import torch
 
@@ -21,7 +27,19 @@ from common import device_time, print_table, write_result  # noqa: E402
 
 from alz_monai.networks import get_network, to_device  # noqa: E402
 
-LEVERS = ("fp32", "fp32_cudnn_benchmark", "bf16", "bf16_channels_last", "bf16_channels_last_compile")
+LEVERS = ("fp32", "fp32_cudnn_benchmark", "bf16", "bf16_channels_last", "bf16_channels_last_compile",
+          "bf16_channels_last_compile_cudagraphs")
+COMPILE_MODES = {"compile": "default", "compile_cudagraphs": "reduce-overhead"}
+# GPU kernels by what they do, from their names (cuDNN/CUTLASS convolutions, PyTorch's native kernels)
+KERNEL_CATEGORIES = (
+    ("layout conversion", re.compile(r"nchwToNhwc|nhwcToNchw|transpose|permute|copy_kernel|convert", re.I)),
+    ("convolution", re.compile(r"conv|xmma|implicit|gemm|dgrad|wgrad|fprop|cudnn|cutlass|sm\d\d_", re.I)),
+    ("batch norm", re.compile(r"batch_norm|batchnorm|welford|bn_", re.I)),
+    ("optimizer", re.compile(r"multi_tensor|adam|foreach", re.I)),
+    ("pooling", re.compile(r"pool", re.I)),
+    ("elementwise (ReLU, add, cast)", re.compile(r"elementwise|vectorized|unrolled|relu|threshold", re.I)),
+    ("reduction", re.compile(r"reduce", re.I)),
+)
 
 
 def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
@@ -34,40 +52,94 @@ def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, imag
     optimizer.step()
 
 
-def measure(name: str, lever: str, size: int, batch: int, steps: int, device: torch.device) -> dict:
+def build_step(name: str, lever: str, size: int, batch: int, device: torch.device) -> Callable[[], None]:
+    """One training step of ``name`` with the lever's settings, on fixed random inputs."""
     torch.backends.cudnn.benchmark = lever != "fp32"
     amp = lever.startswith("bf16")
     channels_last = "channels_last" in lever
     model = to_device(get_network(name, num_classes=2, spatial_size=(size,) * 3), device, channels_last)
     memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    step_model = torch.compile(model) if lever.endswith("compile") else model
+    compile_mode = next((mode for suffix, mode in COMPILE_MODES.items() if lever.endswith(suffix)), None)
+    step_model = torch.compile(model, mode=compile_mode) if compile_mode else model
     images = torch.randn(batch, 1, size, size, size, device=device).contiguous(memory_format=memory_format)
     labels = torch.randint(0, 2, (batch,), device=device)
-    warmup = 3 if not lever.endswith("compile") else 6
-    seconds = device_time(lambda: training_step(step_model, optimizer, images, labels, amp), steps, warmup, device)
+    return lambda: training_step(step_model, optimizer, images, labels, amp)
+
+
+def measure(name: str, lever: str, size: int, batch: int, steps: int, device: torch.device) -> dict:
+    step = build_step(name, lever, size, batch, device)
+    warmup = 6 if "compile" in lever else 3
+    seconds = device_time(step, steps, warmup, device)
     return {"model": name, "lever": lever, "batch": batch, "size": size, "step_s": round(seconds, 5),
             "samples_per_s": round(batch / seconds, 1)}
 
 
+def profile(name: str, lever: str, size: int, batch: int, steps: int, device: torch.device) -> dict:
+    """Where the GPU time of a step goes: per kernel category, busy share, convolution TFLOP/s."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity
+    from torch.utils.flop_counter import FlopCounterMode
+
+    step = build_step(name, lever, size, batch, device)
+    step_s = device_time(step, steps, 3, device)
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
+    with torch.profiler.profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize(device)
+    kernel_us: dict[str, float] = {}
+    top: list[tuple[float, str]] = []
+    for event in prof.key_averages():
+        self_us = event.self_device_time_total
+        if event.device_type != DeviceType.CUDA or self_us <= 0:  # CPU ops count their kernels' time too
+            continue
+        category = next((label for label, pattern in KERNEL_CATEGORIES if pattern.search(event.key)), "other")
+        kernel_us[category] = kernel_us.get(category, 0.0) + self_us / steps
+        top.append((self_us / steps, event.key[:90]))
+    busy_s = sum(kernel_us.values()) / 1e6
+    convolution_s = kernel_us.get("convolution", 0.0) / 1e6
+    return {
+        "model": name, "lever": lever, "batch": batch, "step_s": round(step_s, 5),
+        "gpu_busy_share": round(busy_s / step_s, 3), "flops_per_step": flops,
+        "tflops_per_s_step": round(flops / step_s / 1e12, 1),
+        "tflops_per_s_convolution_kernels": round(flops / convolution_s / 1e12, 1) if convolution_s else None,
+        "ms_per_step_by_category": {k: round(v / 1e3, 2) for k, v in sorted(kernel_us.items(), key=lambda kv: -kv[1])},
+        "top_kernels_ms": [(round(us / 1e3, 2), key) for us, key in sorted(top, reverse=True)[:12]],
+    }
+
+
+def peak_memory(name: str, size: int, batch: int, device: torch.device) -> int:
+    """Peak bytes allocated by bf16 + channels_last_3d training steps at this batch size."""
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    measure(name, "bf16_channels_last", size, batch, 1, device)
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device)
+
+
 def memory_profile(name: str, size: int, batches: list[int], device: torch.device) -> dict:
-    """Peak memory of a bf16 + channels_last_3d step per batch size, and the largest batch a linear fit
-    predicts (not run: autotuning convolutions at hundreds of 128^3 volumes takes minutes)."""
-    torch.backends.cudnn.benchmark = True
-    peaks = {}
-    for batch in batches:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        measure_one = measure(name, "bf16_channels_last", size, batch, 1, device)
-        peaks[batch] = torch.cuda.max_memory_allocated(device)
-        del measure_one
+    """Peak memory per batch size, the largest batch a linear fit predicts within 95% of the GPU's memory, and
+    that batch run (stepping down by 10% on out-of-memory) to confirm that it fits."""
+    peaks = {batch: peak_memory(name, size, batch, device) for batch in batches}
     (b0, m0), (b1, m1) = sorted(peaks.items())[:2]
     per_sample = (m1 - m0) / (b1 - b0)
     total = torch.cuda.get_device_properties(device).total_memory
     predicted = int((0.95 * total - (m0 - per_sample * b0)) // per_sample)
+    largest = predicted
+    while largest > b1:
+        try:
+            peaks[largest] = peak_memory(name, size, largest, device)
+            break
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            largest = int(largest * 0.9)
     torch.cuda.empty_cache()
-    return {"model": name, "peak_bytes_by_batch": {str(k): v for k, v in peaks.items()},
-            "bytes_per_sample": int(per_sample), "largest_batch_predicted": predicted}
+    return {"model": name, "peak_bytes_by_batch": {str(k): v for k, v in sorted(peaks.items())},
+            "total_bytes": total, "bytes_per_sample": int(per_sample), "largest_batch_predicted": predicted,
+            "largest_batch_run": largest}
 
 
 def main() -> None:
@@ -79,6 +151,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--memory-batches", default="8,16", help="two batch sizes for the memory fit ('' skips)")
+    parser.add_argument("--extra-batches", default="", help="other batch sizes for bf16 + channels_last_3d")
+    parser.add_argument("--profile-models", default="", help="models to profile (bf16 + channels_last_3d)")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rows = []
@@ -91,14 +165,23 @@ def main() -> None:
             rows.append(measure(name, lever, args.size, args.batch, args.steps, device))
             print_table(rows[-1:], list(rows[-1]))
             write_result("model_step", {"rows": rows, "args": vars(args), "complete": False})
-    memory = []
-    if device.type == "cuda" and args.memory_batches:
-        batches = [int(b) for b in args.memory_batches.split(",")]
-        memory = [memory_profile(name, args.size, batches, device) for name in args.models.split(",")]
+        for batch in filter(None, args.extra_batches.split(",") if device.type == "cuda" else []):
+            rows.append(measure(name, "bf16_channels_last", args.size, int(batch), args.steps, device))
+            print_table(rows[-1:], list(rows[-1]))
+    profiles, memory = [], []
+    if device.type == "cuda":
+        for name in filter(None, args.profile_models.split(",")):
+            profiles.append(profile(name, "bf16_channels_last", args.size, args.batch, args.steps, device))
+            print(profiles[-1])
+            write_result("model_step", {"rows": rows, "profiles": profiles, "args": vars(args), "complete": False})
+        batches = [int(b) for b in filter(None, args.memory_batches.split(","))]
+        for name in args.models.split(",") if batches else []:
+            memory.append(memory_profile(name, args.size, batches, device))
+            print(memory[-1])
+            write_result("model_step", {"rows": rows, "profiles": profiles, "memory": memory, "args": vars(args),
+                                        "complete": False})
     print_table(rows, ["model", "lever", "batch", "step_s", "samples_per_s"])
-    for row in memory:
-        print(row)
-    print(write_result("model_step", {"rows": rows, "memory": memory, "args": vars(args)}))
+    print(write_result("model_step", {"rows": rows, "profiles": profiles, "memory": memory, "args": vars(args)}))
 
 
 if __name__ == "__main__":
