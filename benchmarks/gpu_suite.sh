@@ -6,6 +6,7 @@
 #                                          # batches, a kernel profile, peak memory and the largest batch
 #   bash benchmarks/gpu_suite.sh pipeline  # bundle end to end (background vs synchronous checkpoints),
 #                                          # validity on the test split, GPU latency, saliency validation
+#   bash benchmarks/gpu_suite.sh saliency  # a stage-1 model trained alone, then Grad-CAM and occlusion scored
 set -uo pipefail
 part=${1:?ceiling or pipeline}
 cd "$(dirname "$0")/.."
@@ -45,10 +46,10 @@ ceiling)
         --batch 16 --steps 15 --memory-batches ""
     ;;
 speed)  # the uncompiled levers, profile and memory first; the compiled ones (minutes of compiling) after
-    step timeout 260 python3 benchmarks/model_step.py --models resnet18,mosa_shared,resnet50 --compile-models "" \
+    step timeout 230 python3 benchmarks/model_step.py --models resnet18,mosa_shared,resnet50 --compile-models "" \
         --size 128 --batch 16 --steps 15 --extra-batches 32 --profile-models resnet18,mosa_shared \
         --memory-batches 8,16
-    step timeout 300 env BENCH_OUT="$BENCH_OUT/compiled" python3 benchmarks/model_step.py \
+    step timeout 250 env BENCH_OUT="$BENCH_OUT/compiled" python3 benchmarks/model_step.py \
         --models resnet18,mosa_shared --levers bf16_channels_last_compile,bf16_channels_last_compile_cudagraphs \
         --size 128 --batch 16 --steps 15 --memory-batches ""
     ;;
@@ -75,5 +76,13 @@ pipeline)  # clean timings first (the GPU to themselves), then the control train
         side_by_side+=($!)
     done
     wait "${side_by_side[@]}"
+    ;;
+saliency)  # occlusion needs ~4,000 forward passes per scan: it gets the GPU to itself
+    step python3 -m alz_monai.cli synth "$work/data" --subjects 200 --sessions 2 --spacing 2.0 --workers 15
+    step timeout 150 python3 benchmarks/validity.py "$work/data" "$work/validity" --conditions participant \
+        --label saliency_model "${perf[@]}" --num_epochs 20 --background_checkpoint true
+    step timeout 330 python3 benchmarks/saliency_validation.py --dataset "$work/data" \
+        --run-dir "$work/validity/participant" --set "spatial_size=[128,128,128]" --set "pixdim=[1.5,1.5,1.5]" \
+        --gradcam-layer layer4 --methods gradcam occlusion --max-scans 12 --output-dir "$BENCH_OUT/saliency_layer4"
     ;;
 esac
