@@ -47,8 +47,10 @@ ceiling)
     ;;
 speed)  # the uncompiled levers, profile and memory first; the compiled ones (minutes of compiling) after
     step timeout 230 python3 benchmarks/model_step.py --models resnet18,mosa_shared,resnet50 --compile-models "" \
-        --size 128 --batch 16 --steps 15 --extra-batches 32 --profile-models resnet18,mosa_shared \
-        --memory-batches 8,16
+        --size 128 --batch 16 --steps 15 --extra-batches 32 --memory-batches ""
+    step timeout 200 env BENCH_OUT="$BENCH_OUT/profile" python3 benchmarks/model_step.py \
+        --models resnet18,mosa_shared,resnet50 --levers bf16_channels_last --size 128 --batch 16 --steps 10 \
+        --profile-models resnet18,mosa_shared --memory-batches 8,16
     step timeout 250 env BENCH_OUT="$BENCH_OUT/compiled" python3 benchmarks/model_step.py \
         --models resnet18,mosa_shared --levers bf16_channels_last_compile,bf16_channels_last_compile_cudagraphs \
         --size 128 --batch 16 --steps 15 --memory-batches ""

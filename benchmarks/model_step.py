@@ -158,7 +158,7 @@ def main() -> None:
     rows = []
     for name in args.models.split(","):
         for lever in args.levers.split(","):
-            if lever.endswith("compile") and name not in args.compile_models.split(","):
+            if "compile" in lever and name not in args.compile_models.split(","):
                 continue
             if device.type == "cpu" and lever.startswith("bf16"):
                 continue
