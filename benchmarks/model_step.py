@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import re
 import sys
+import types
 from pathlib import Path
 
 from collections.abc import Callable
@@ -26,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_time, print_table, write_result  # noqa: E402
 
 from alz_monai.networks import get_network, to_device  # noqa: E402
+from alz_monai.networks.strided_stem import StridedStemConv3d  # noqa: E402
 
 LEVERS = ("fp32", "fp32_cudnn_benchmark", "bf16", "bf16_channels_last", "bf16_channels_last_compile",
           "bf16_channels_last_compile_cudagraphs")
@@ -58,6 +60,10 @@ def build_step(name: str, lever: str, size: int, batch: int, device: torch.devic
     amp = lever.startswith("bf16")
     channels_last = "channels_last" in lever
     model = to_device(get_network(name, num_classes=2, spatial_size=(size,) * 3), device, channels_last)
+    if lever.endswith("plain_stem"):  # the stem as cuDNN's direct strided convolution, not space-to-depth
+        for module in model.modules():
+            if isinstance(module, StridedStemConv3d):
+                module.forward = types.MethodType(torch.nn.Conv3d.forward, module)
     memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     compile_mode = next((mode for suffix, mode in COMPILE_MODES.items() if lever.endswith(suffix)), None)
