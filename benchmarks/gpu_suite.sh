@@ -2,13 +2,14 @@
 # The GPU measurements of the performance and validity issues, in calls of under 10 minutes each on one lent
 # H200. Result JSON files and logs go to $WORK/results and, after every step, into $OUT/results.tar.
 #   bash benchmarks/gpu_suite.sh ceiling   # original pipeline; model-only step per lever (no compile)
-#   bash benchmarks/gpu_suite.sh speed     # model-only step: every lever incl. compile, CUDA graphs, larger
-#                                          # batches, a kernel profile, peak memory and the largest batch
+#   bash benchmarks/gpu_suite.sh speed     # model-only step: the stem by space-to-depth; every lever incl.
+#                                          # compile and CUDA graphs; batch 32
+#   bash benchmarks/gpu_suite.sh memory    # kernel profiles, peak memory per batch, the largest batch
 #   bash benchmarks/gpu_suite.sh pipeline  # bundle end to end (background vs synchronous checkpoints),
 #                                          # validity on the test split, GPU latency, saliency validation
 #   bash benchmarks/gpu_suite.sh saliency  # a stage-1 model trained alone, then Grad-CAM and occlusion scored
 set -uo pipefail
-part=${1:?ceiling or pipeline}
+part=${1:?ceiling, speed, memory, pipeline or saliency}
 cd "$(dirname "$0")/.."
 work=${WORK:-/tmp/alz-work}
 export BENCH_OUT=$work/results PYTHONUNBUFFERED=1
@@ -33,6 +34,10 @@ step() {  # one measurement, its log kept per step
     echo "exit $? ($(date +%T))"
     grep -vE "Warning|warn\(|it/s\]|s/it\]|scan/s\]" "$log" | tail -n 8
 }
+synth_data() {  # a machine still warm from an earlier call keeps its dataset (and refuses to overwrite runs)
+    [ -f "$work/data/scans.tsv" ] ||
+        step python3 -m alz_monai.cli synth "$work/data" --subjects 200 --sessions 2 --spacing 2.0 --workers 15
+}
 perf=(--spatial_size "[128,128,128]" --pixdim "[1.5,1.5,1.5]" --batch_size 16 --cache_workers 15
       --cache_device cuda:0 --augmentation_on batch --amp true --channels_last true --compile "${COMPILE:-false}"
       --learning_rate 0.0003 --warmup_epochs 2 --log_every_n_steps 50)
@@ -45,18 +50,21 @@ ceiling)
     step python3 benchmarks/model_step.py --models resnet18,mosa_shared,resnet50 --compile-models "" --size 128 \
         --batch 16 --steps 15 --memory-batches ""
     ;;
-speed)  # the uncompiled levers, profile and memory first; the compiled ones (minutes of compiling) after
-    step timeout 230 python3 benchmarks/model_step.py --models resnet18,mosa_shared,resnet50 --compile-models "" \
+speed)  # the stem, the uncompiled levers, then the compiled ones (minutes of compiling)
+    step timeout 90 python3 benchmarks/stem_layout.py --models resnet18,mosa_shared --size 128 --batch 16
+    step timeout 150 python3 benchmarks/model_step.py --models resnet18,mosa_shared,resnet50 --compile-models "" \
         --size 128 --batch 16 --steps 15 --extra-batches 32 --memory-batches ""
-    step timeout 200 env BENCH_OUT="$BENCH_OUT/profile" python3 benchmarks/model_step.py \
-        --models resnet18,mosa_shared,resnet50 --levers bf16_channels_last --size 128 --batch 16 --steps 10 \
-        --profile-models resnet18,mosa_shared --memory-batches 8,16
     step timeout 250 env BENCH_OUT="$BENCH_OUT/compiled" python3 benchmarks/model_step.py \
         --models resnet18,mosa_shared --levers bf16_channels_last_compile,bf16_channels_last_compile_cudagraphs \
         --size 128 --batch 16 --steps 15 --memory-batches ""
     ;;
+memory)  # kernel profiles; peak memory at two batch sizes, then the predicted largest batch run
+    step timeout 400 env BENCH_OUT="$BENCH_OUT/memory" python3 benchmarks/model_step.py \
+        --models resnet18,mosa_shared,resnet50 --levers bf16_channels_last --size 128 --batch 16 --steps 10 \
+        --profile-models resnet18,mosa_shared --memory-batches 8,16
+    ;;
 pipeline)  # clean timings first (the GPU to themselves), then the control trainings and saliency side by side
-    step python3 -m alz_monai.cli synth "$work/data" --subjects 200 --sessions 2 --spacing 2.0 --workers 15
+    synth_data
     step timeout 200 python3 benchmarks/validity.py "$work/data" "$work/validity" --conditions participant \
         --label participant "${perf[@]}" --num_epochs 30 --background_checkpoint true
     step timeout 100 python3 benchmarks/bundle_throughput.py --name r18_synchronous_checkpoint -- \
@@ -80,7 +88,7 @@ pipeline)  # clean timings first (the GPU to themselves), then the control train
     wait "${side_by_side[@]}"
     ;;
 saliency)  # occlusion needs ~4,000 forward passes per scan: it gets the GPU to itself
-    step python3 -m alz_monai.cli synth "$work/data" --subjects 200 --sessions 2 --spacing 2.0 --workers 15
+    synth_data
     step timeout 150 python3 benchmarks/validity.py "$work/data" "$work/validity" --conditions participant \
         --label saliency_model "${perf[@]}" --num_epochs 20 --background_checkpoint true
     step timeout 330 python3 benchmarks/saliency_validation.py --dataset "$work/data" \

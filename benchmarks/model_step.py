@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import re
 import sys
-import types
 from pathlib import Path
 
 from collections.abc import Callable
@@ -26,8 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_time, print_table, write_result  # noqa: E402
 
-from alz_monai.networks import get_network, to_device  # noqa: E402
-from alz_monai.networks.strided_stem import StridedStemConv3d  # noqa: E402
+from alz_monai.networks import get_network, space_to_depth_stems, to_device  # noqa: E402
 
 LEVERS = ("fp32", "fp32_cudnn_benchmark", "bf16", "bf16_channels_last", "bf16_channels_last_compile",
           "bf16_channels_last_compile_cudagraphs")
@@ -60,10 +58,8 @@ def build_step(name: str, lever: str, size: int, batch: int, device: torch.devic
     amp = lever.startswith("bf16")
     channels_last = "channels_last" in lever
     model = to_device(get_network(name, num_classes=2, spatial_size=(size,) * 3), device, channels_last)
-    if lever.endswith("plain_stem"):  # the stem as cuDNN's direct strided convolution, not space-to-depth
-        for module in model.modules():
-            if isinstance(module, StridedStemConv3d):
-                module.forward = types.MethodType(torch.nn.Conv3d.forward, module)
+    if lever.endswith("space_to_depth_stem"):
+        space_to_depth_stems(model)
     memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     compile_mode = next((mode for suffix, mode in COMPILE_MODES.items() if lever.endswith(suffix)), None)
@@ -117,35 +113,42 @@ def profile(name: str, lever: str, size: int, batch: int, steps: int, device: to
     }
 
 
-def peak_memory(name: str, size: int, batch: int, device: torch.device) -> int:
-    """Peak bytes allocated by bf16 + channels_last_3d training steps at this batch size."""
+def peak_memory(name: str, size: int, batch: int, device: torch.device, autotune: bool = True) -> int:
+    """Peak bytes allocated by one bf16 + channels_last_3d training step (AdamW state included) at this batch."""
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
-    measure(name, "bf16_channels_last", size, batch, 1, device)
+    step = build_step(name, "bf16_channels_last", size, batch, device)
+    torch.backends.cudnn.benchmark = autotune
+    step()
     torch.cuda.synchronize(device)
+    del step
     return torch.cuda.max_memory_allocated(device)
 
 
-def memory_profile(name: str, size: int, batches: list[int], device: torch.device) -> dict:
-    """Peak memory per batch size, the largest batch a linear fit predicts within 95% of the GPU's memory, and
-    that batch run (stepping down by 10% on out-of-memory) to confirm that it fits."""
+def memory_fit(name: str, size: int, batches: list[int], device: torch.device) -> dict:
+    """Peak memory per batch size and the largest batch a linear fit predicts within 95% of the GPU's memory."""
     peaks = {batch: peak_memory(name, size, batch, device) for batch in batches}
     (b0, m0), (b1, m1) = sorted(peaks.items())[:2]
     per_sample = (m1 - m0) / (b1 - b0)
     total = torch.cuda.get_device_properties(device).total_memory
     predicted = int((0.95 * total - (m0 - per_sample * b0)) // per_sample)
-    largest = predicted
-    while largest > b1:
+    torch.cuda.empty_cache()
+    return {"model": name, "peak_bytes_by_batch": {str(k): v for k, v in sorted(peaks.items())},
+            "total_bytes": total, "bytes_per_sample": int(per_sample), "largest_batch_predicted": predicted}
+
+
+def confirm_largest_batch(fit: dict, size: int, device: torch.device) -> dict:
+    """Run the predicted largest batch (without cuDNN autotuning, minutes at that size), stepping down by 10%
+    on out-of-memory, and record the batch that ran and its peak."""
+    largest = fit["largest_batch_predicted"]
+    while largest > 1:
         try:
-            peaks[largest] = peak_memory(name, size, largest, device)
-            break
+            peak = peak_memory(fit["model"], size, largest, device, autotune=False)
+            return {**fit, "largest_batch_run": largest, "largest_batch_peak_bytes": peak}
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()
             largest = int(largest * 0.9)
-    torch.cuda.empty_cache()
-    return {"model": name, "peak_bytes_by_batch": {str(k): v for k, v in sorted(peaks.items())},
-            "total_bytes": total, "bytes_per_sample": int(per_sample), "largest_batch_predicted": predicted,
-            "largest_batch_run": largest}
+    return {**fit, "largest_batch_run": None}
 
 
 def main() -> None:
@@ -181,9 +184,14 @@ def main() -> None:
             print(profiles[-1])
             write_result("model_step", {"rows": rows, "profiles": profiles, "args": vars(args), "complete": False})
         batches = [int(b) for b in filter(None, args.memory_batches.split(","))]
-        for name in args.models.split(",") if batches else []:
-            memory.append(memory_profile(name, args.size, batches, device))
+        for name in args.models.split(",") if batches else []:  # the cheap fits first, each saved at once
+            memory.append(memory_fit(name, args.size, batches, device))
             print(memory[-1])
+            write_result("model_step", {"rows": rows, "profiles": profiles, "memory": memory, "args": vars(args),
+                                        "complete": False})
+        for index, fit in enumerate(memory):
+            memory[index] = confirm_largest_batch(fit, args.size, device)
+            print(memory[index])
             write_result("model_step", {"rows": rows, "profiles": profiles, "memory": memory, "args": vars(args),
                                         "complete": False})
     print_table(rows, ["model", "lever", "batch", "step_s", "samples_per_s"])

@@ -14,6 +14,7 @@ from .resnet3d import (
     resnet50_3d,
     resnet101_3d,
 )
+from .space_to_depth import SpaceToDepthConv3d, space_to_depth_stems
 from .weights import LoadReport, load_backbone_weights
 
 __all__ = [
@@ -25,9 +26,11 @@ __all__ = [
     "Mosa",
     "MosaShared",
     "ResNet3D",
+    "SpaceToDepthConv3d",
     "ViTClassifier",
     "build_resnet3d",
     "get_network",
+    "space_to_depth_stems",
     "load_backbone_weights",
     "resnet10_3d",
     "resnet18_3d",

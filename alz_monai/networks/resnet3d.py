@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from alz_monai.errors import ConfigError
-from alz_monai.networks.strided_stem import StridedStemConv3d
 
 __all__ = [
     "RESNET_ARCHITECTURES",
@@ -116,7 +115,7 @@ class ResNet3D(nn.Module):
         if len(layers) != len(STAGE_PLANES):
             raise ConfigError(f"ResNet3D needs {len(STAGE_PLANES)} stage depths, got layers={list(layers)}")
         self.block_expansion = block.expansion
-        self.conv1 = StridedStemConv3d(in_channels, STEM_CHANNELS, kernel_size=7, stride=2, padding=3)
+        self.conv1 = nn.Conv3d(in_channels, STEM_CHANNELS, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm3d(STEM_CHANNELS)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool3d(kernel_size=3, stride=2, padding=1)

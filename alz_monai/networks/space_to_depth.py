@@ -1,0 +1,82 @@
+"""Strided convolutions with few input channels (the stem on T1 scans) computed by space-to-depth.
+
+A profile on an H200 (ResNet18-3D, 128^3, batch 16, bf16, channels_last_3d) found one cuDNN fallback kernel,
+``implicit_convolveNd_sgemm``, taking 13 of the 42 ms of a training step: the one-channel, 7^3, stride-2 stem has
+no tensor-core kernel. Rearranging each s^3 block of the input into channels turns it into a stride-1
+convolution with s^3 times the input channels and a ceil(k/s)^3 kernel whose weight is the original one,
+zero-padded and rearranged: the same sums on shapes cuDNN handles well, and the parameter keeps its
+``[out, in, k, k, k]`` shape, so checkpoints are unchanged. Opt-in (``space_to_depth_stems``): its effect on the
+GPU step has not been measured yet (``benchmarks/stem_layout.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["SpaceToDepthConv3d", "space_to_depth_conv3d", "space_to_depth_stems"]
+
+#: Largest ``in_channels * stride**3`` converted: beyond it the rearranged input no longer pays.
+MAX_BLOCK_CHANNELS = 64
+
+
+def space_to_depth_conv3d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: int
+) -> torch.Tensor:
+    """``F.conv3d(x, weight, bias, stride, padding)`` for a cubic kernel and equal strides, by space-to-depth."""
+    batch, channels = x.shape[0], x.shape[1]
+    out_channels, kernel = weight.shape[0], weight.shape[2]
+    cube = stride * stride * stride
+    taps = (kernel + stride - 1) // stride  # kernel size of the stride-1 convolution on the blocks
+    blocks = [(size + 2 * padding - kernel) // stride + taps for size in x.shape[2:]]  # output size + taps - 1
+    # zero padding: `padding` before, and after up to a whole number of blocks (cropping samples never used)
+    pad: list[int] = []
+    for dim in [2, 1, 0]:  # F.pad lists the last dimension first
+        pad += [padding, max(stride * blocks[dim] - x.shape[2 + dim] - padding, 0)]
+    x = F.pad(x, pad)[:, :, : stride * blocks[0], : stride * blocks[1], : stride * blocks[2]]
+    x = x.reshape(batch, channels, blocks[0], stride, blocks[1], stride, blocks[2], stride)
+    x = x.permute(0, 1, 3, 5, 7, 2, 4, 6).reshape(batch, channels * cube, blocks[0], blocks[1], blocks[2])
+    extra = stride * taps - kernel
+    weight = F.pad(weight, [0, extra, 0, extra, 0, extra])
+    weight = weight.reshape(out_channels, channels, taps, stride, taps, stride, taps, stride)
+    weight = weight.permute(0, 1, 3, 5, 7, 2, 4, 6).reshape(out_channels, channels * cube, taps, taps, taps)
+    return F.conv3d(x.contiguous(memory_format=torch.channels_last_3d),
+                    weight.contiguous(memory_format=torch.channels_last_3d), bias)
+
+
+class SpaceToDepthConv3d(nn.Conv3d):
+    """``nn.Conv3d`` computed by :func:`space_to_depth_conv3d`; same parameters, same results up to rounding."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return space_to_depth_conv3d(x, self.weight, self.bias, self.stride[0], self.padding[0])
+
+
+def _qualifies(conv: nn.Conv3d) -> bool:
+    stride, kernel, padding = conv.stride[0], conv.kernel_size[0], conv.padding
+    return (
+        type(conv) is nn.Conv3d
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+        and set(conv.dilation) == {1}
+        and set(conv.stride) == {stride}
+        and set(conv.kernel_size) == {kernel}
+        and isinstance(padding, tuple)
+        and set(padding) == {padding[0]}
+        and 2 <= stride <= kernel
+        and padding[0] < kernel
+        and conv.in_channels * stride**3 <= MAX_BLOCK_CHANNELS
+    )
+
+
+def space_to_depth_stems(network: nn.Module) -> list[str]:
+    """Compute every strided few-channel ``nn.Conv3d`` of ``network`` by space-to-depth, in place.
+
+    The modules keep their parameters, buffers and hooks (only their class changes). Returns their names.
+    """
+    converted = []
+    for name, module in network.named_modules():
+        if isinstance(module, nn.Conv3d) and _qualifies(module):
+            module.__class__ = SpaceToDepthConv3d
+            converted.append(name)
+    return converted
