@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements of the performance and validity issues, in calls of under 10 minutes each on one lent
 # H200. Result JSON files and logs go to $WORK/results and, after every step, into $OUT/results.tar.
-#   bash benchmarks/gpu_suite.sh ceiling   # original pipeline; model-only step per lever (no compile)
+#   bash benchmarks/gpu_suite.sh ceiling   # original pipeline; cache fill; model-only step per lever (no compile)
 #   bash benchmarks/gpu_suite.sh speed     # model-only step: the stem by space-to-depth; every lever incl.
 #                                          # compile and CUDA graphs; batch 32
 #   bash benchmarks/gpu_suite.sh memory    # kernel profiles, peak memory per batch, the largest batch
@@ -47,6 +47,7 @@ ceiling)
     step python3 benchmarks/original_pipeline.py "$work/data1mm" --workers 4,15 --limit 48 --label 1mm
     step python3 -m alz_monai.cli synth "$work/data2mm" --subjects 32 --sessions 2 --spacing 2.0 --workers 15
     step python3 benchmarks/original_pipeline.py "$work/data2mm" --workers 4,15 --limit 64 --label 2mm
+    step timeout 120 python3 benchmarks/cache_fill.py "$work/data2mm" --workers 4,15 --limit 32 --cache-dir "$work/pcache"
     step python3 benchmarks/model_step.py --models resnet18,mosa_shared,resnet50 --compile-models "" --size 128 \
         --batch 16 --steps 15 --memory-batches ""
     ;;
