@@ -7,7 +7,8 @@
 #   bash benchmarks/gpu_suite.sh memory    # kernel profiles, peak memory per batch, the largest batch
 #   bash benchmarks/gpu_suite.sh pipeline  # bundle end to end (background vs synchronous checkpoints),
 #                                          # validity on the test split, GPU latency, saliency validation
-#   bash benchmarks/gpu_suite.sh saliency  # a stage-1 model trained alone, then Grad-CAM and occlusion scored
+#   bash benchmarks/gpu_suite.sh saliency  # a 20-epoch stage-1 model, then Grad-CAM and occlusion scored
+# Each part runs once per $WORK folder: the bundles refuse to overwrite a finished run (set WORK to start afresh).
 set -uo pipefail
 part=${1:?ceiling, speed, memory, pipeline or saliency}
 cd "$(dirname "$0")/.."
@@ -90,10 +91,10 @@ pipeline)  # clean timings first (the GPU to themselves), then the control train
     ;;
 saliency)  # occlusion needs ~4,000 forward passes per scan: it gets the GPU to itself
     synth_data
-    step timeout 150 python3 benchmarks/validity.py "$work/data" "$work/validity" --conditions participant \
+    step timeout 150 python3 benchmarks/validity.py "$work/data" "$work/saliency_model" --conditions participant \
         --label saliency_model "${perf[@]}" --num_epochs 20 --background_checkpoint true
     step timeout 330 python3 benchmarks/saliency_validation.py --dataset "$work/data" \
-        --run-dir "$work/validity/participant" --set "spatial_size=[128,128,128]" --set "pixdim=[1.5,1.5,1.5]" \
+        --run-dir "$work/saliency_model/participant" --set "spatial_size=[128,128,128]" --set "pixdim=[1.5,1.5,1.5]" \
         --gradcam-layer layer4 --methods gradcam occlusion --max-scans 12 --output-dir "$BENCH_OUT/saliency_layer4"
     ;;
 esac

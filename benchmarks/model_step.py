@@ -30,14 +30,16 @@ from alz_monai.networks import get_network, space_to_depth_stems, to_device  # n
 LEVERS = ("fp32", "fp32_cudnn_benchmark", "bf16", "bf16_channels_last", "bf16_channels_last_compile",
           "bf16_channels_last_compile_cudagraphs")
 COMPILE_MODES = {"compile": "default", "compile_cudagraphs": "reduce-overhead"}
-# GPU kernels by what they do, from their names (cuDNN/CUTLASS convolutions, PyTorch's native kernels)
+# GPU kernels by what they do, from their names (cuDNN/CUTLASS convolutions, PyTorch's native kernels); the first
+# matching pattern wins, so the specific ones come first
 KERNEL_CATEGORIES = (
-    ("layout conversion", re.compile(r"nchwToNhwc|nhwcToNchw|transpose|permute|copy_kernel|convert", re.I)),
-    ("convolution", re.compile(r"conv|xmma|implicit|gemm|dgrad|wgrad|fprop|cudnn|cutlass|sm\d\d_", re.I)),
+    ("layout conversion", re.compile(r"nchwToNhwc|nhwcToNchw|transpose|permute", re.I)),
     ("batch norm", re.compile(r"batch_norm|batchnorm|welford|bn_", re.I)),
+    ("convolution", re.compile(r"conv|xmma|implicit|gemm|dgrad|wgrad|fprop|cutlass|sm\d\d_", re.I)),
     ("optimizer", re.compile(r"multi_tensor|adam|foreach", re.I)),
     ("pooling", re.compile(r"pool", re.I)),
-    ("elementwise (ReLU, add, cast)", re.compile(r"elementwise|vectorized|unrolled|relu|threshold", re.I)),
+    ("copies and casts", re.compile(r"copy_kernel|convert", re.I)),
+    ("elementwise (ReLU, add, ...)", re.compile(r"elementwise|vectorized|unrolled|relu|threshold", re.I)),
     ("reduction", re.compile(r"reduce", re.I)),
 )
 
@@ -100,7 +102,7 @@ def profile(name: str, lever: str, size: int, batch: int, steps: int, device: to
             continue
         category = next((label for label, pattern in KERNEL_CATEGORIES if pattern.search(event.key)), "other")
         kernel_us[category] = kernel_us.get(category, 0.0) + self_us / steps
-        top.append((self_us / steps, event.key[:90]))
+        top.append((self_us / steps, event.key))
     busy_s = sum(kernel_us.values()) / 1e6
     convolution_s = kernel_us.get("convolution", 0.0) / 1e6
     return {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import random
 import threading
@@ -114,6 +115,7 @@ def test_files_are_written_and_load_weights_only(tmp_path: Path, background: boo
     ]
     latest = _load(tmp_path / "checkpoint_latest.pt")
     assert set(latest) == {"network", "optimizer", "trainer", "scaler", "checkpointer"}
+    assert latest["network"]._metadata == run.network.state_dict()._metadata  # module versions kept
     assert (latest["trainer"]["iteration"], latest["trainer"]["epoch_length"]) == (6, 2)  # 3 epochs done
     assert _load(tmp_path / "checkpoint_epoch=2.pt")["trainer"]["iteration"] == 4
     assert _load(tmp_path / "checkpoint_final.pt")["trainer"]["iteration"] == 6
@@ -163,7 +165,7 @@ def test_background_write_saves_the_state_of_its_epoch_while_training_goes_on(
 
 
 def test_background_write_error_stops_training_with_a_clear_message(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     def failing_save(state: dict, path: Path) -> None:
         raise OSError(28, "No space left on device")
@@ -172,8 +174,11 @@ def test_background_write_error_stops_training_with_a_clear_message(
     run = TinyRun(tmp_path, max_epochs=3, background=True)
     epochs_started: list[int] = []
     run.trainer.add_event_handler(Events.EPOCH_STARTED, lambda engine: epochs_started.append(engine.state.epoch))
-    with pytest.raises(RuntimeError, match=r"writing a checkpoint into .* failed: .*No space left on device"):
+    with caplog.at_level(logging.ERROR, logger="alz_monai.handlers.checkpoint"), pytest.raises(
+        RuntimeError, match=r"writing a checkpoint into .* failed: .*No space left on device"
+    ):
         run.trainer.run()
+    assert "No space left on device" in caplog.text  # logged by the writer thread as it fails
     assert epochs_started == [1, 2]  # epoch 1's failed write surfaces when epoch 2 saves
     assert run.checkpointer._writer is None
 

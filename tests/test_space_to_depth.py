@@ -73,3 +73,11 @@ def test_only_strided_few_channel_convolutions_qualify() -> None:
         nn.Conv3d(1, 8, 3, stride=2, padding=1, padding_mode="reflect"),
     )
     assert space_to_depth_stems(network) == ["1"]
+
+
+def test_unsupported_geometry_is_refused_when_built_directly() -> None:
+    assert SpaceToDepthConv3d(1, 4, 7, stride=2, padding=3).stride == (2, 2, 2)
+    for options in ({"stride": (2, 1, 1)}, {"stride": 2, "padding": (1, 0, 0)}, {"stride": 2, "groups": 2},
+                    {"stride": 1}):
+        with pytest.raises(ValueError, match="SpaceToDepthConv3d needs a cubic kernel"):
+            SpaceToDepthConv3d(2, 4, 3, **options)

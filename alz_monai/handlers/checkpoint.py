@@ -47,22 +47,27 @@ def _snapshot_state(value: Any) -> Any:
     CUDA tensors go to pinned buffers (PyTorch's host allocator reuses them epoch after epoch) through
     non-blocking copies, followed by one synchronisation, so the copy costs a fraction of a serialised write.
     """
-    copied = _copy_to_host(value)
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
+    cuda_devices: set[torch.device] = set()
+    copied = _copy_to_host(value, cuda_devices)
+    for device in cuda_devices:
+        torch.cuda.synchronize(device)
     return copied
 
 
-def _copy_to_host(value: Any) -> Any:
+def _copy_to_host(value: Any, cuda_devices: set[torch.device]) -> Any:
     if isinstance(value, torch.Tensor):
         if value.device.type == "cuda":
+            cuda_devices.add(value.device)
             host = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
             return host.copy_(value.detach(), non_blocking=True)
         return value.detach().to("cpu", copy=True)
     if isinstance(value, Mapping):
-        return type(value)((key, _copy_to_host(item)) for key, item in value.items())
+        copied = type(value)((key, _copy_to_host(item, cuda_devices)) for key, item in value.items())
+        if hasattr(value, "_metadata"):  # module state dicts carry per-module versions that loading relies on
+            copied._metadata = copy.deepcopy(value._metadata)
+        return copied
     if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
-        return type(value)(_copy_to_host(item) for item in value)
+        return type(value)(_copy_to_host(item, cuda_devices) for item in value)
     return copy.deepcopy(value)
 
 
@@ -105,7 +110,8 @@ def trainer_state_entries(trainer: Engine) -> dict[str, Any]:
 
 
 class RunCheckpointer:
-    """Saves the run so that a kill at any moment loses at most one epoch and never a readable file.
+    """Saves the run so that a kill at any moment loses at most one epoch (two with ``background``), and never
+    leaves a half-written file under a final name.
 
     Files, all written atomically (temporary file, fsync, rename) into ``save_dir``:
 
@@ -244,7 +250,8 @@ class RunCheckpointer:
     def _write_recording_error(self, state: Mapping[str, Any], paths: list[Path]) -> None:
         try:
             self._write(state, paths)
-        except BaseException as error:  # raised again in the training thread by wait_for_writes
+        except BaseException as error:  # logged now, raised in the training thread by its next wait_for_writes
+            logger.error("writing a checkpoint into %s failed: %s", self.save_dir, error)
             self._writer_error = error
 
     def wait_for_writes(self) -> None:

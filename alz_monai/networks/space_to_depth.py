@@ -17,14 +17,19 @@ from torch import nn
 
 __all__ = ["SpaceToDepthConv3d", "space_to_depth_conv3d", "space_to_depth_stems"]
 
-#: Largest ``in_channels * stride**3`` converted: beyond it the rearranged input no longer pays.
+#: Largest ``in_channels * stride**3`` converted (not tuned): the rearranged input is a full copy of the input,
+#: and a convolution with that many input channels already has fast kernels.
 MAX_BLOCK_CHANNELS = 64
 
 
 def space_to_depth_conv3d(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: int
 ) -> torch.Tensor:
-    """``F.conv3d(x, weight, bias, stride, padding)`` for a cubic kernel and equal strides, by space-to-depth."""
+    """``F.conv3d(x, weight, bias, stride, padding)`` for a cubic kernel and equal strides, by space-to-depth.
+
+    The inner convolution gets channels_last_3d tensors, the layout of cuDNN's fast kernels; the result has the
+    layout that convolution returns (channels-last on CUDA), whatever the input's.
+    """
     batch, channels = x.shape[0], x.shape[1]
     out_channels, kernel = weight.shape[0], weight.shape[2]
     cube = stride * stride * stride
@@ -36,7 +41,9 @@ def space_to_depth_conv3d(
         pad += [padding, max(stride * blocks[dim] - x.shape[2 + dim] - padding, 0)]
     x = F.pad(x, pad)[:, :, : stride * blocks[0], : stride * blocks[1], : stride * blocks[2]]
     x = x.reshape(batch, channels, blocks[0], stride, blocks[1], stride, blocks[2], stride)
-    x = x.permute(0, 1, 3, 5, 7, 2, 4, 6).reshape(batch, channels * cube, blocks[0], blocks[1], blocks[2])
+    # one copy, straight into channels-last order: (batch, blocks..., channel x block offsets)
+    x = x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(batch, blocks[0], blocks[1], blocks[2], channels * cube)
+    x = x.permute(0, 4, 1, 2, 3)
     extra = stride * taps - kernel
     weight = F.pad(weight, [0, extra, 0, extra, 0, extra])
     weight = weight.reshape(out_channels, channels, taps, stride, taps, stride, taps, stride)
@@ -46,17 +53,30 @@ def space_to_depth_conv3d(
 
 
 class SpaceToDepthConv3d(nn.Conv3d):
-    """``nn.Conv3d`` computed by :func:`space_to_depth_conv3d`; same parameters, same results up to rounding."""
+    """``nn.Conv3d`` computed by :func:`space_to_depth_conv3d`; same parameters, same results up to rounding.
+
+    Only for a cubic kernel, equal strides (2 or more, at most the kernel) and equal paddings (below the kernel),
+    no groups, dilation or non-zero padding mode.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not _geometry_supported(self):
+            raise ValueError(
+                f"SpaceToDepthConv3d needs a cubic kernel, equal strides in [2, kernel], equal paddings below the "
+                f"kernel, groups=1, dilation=1 and zero padding; got kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, groups={self.groups}, dilation={self.dilation}, "
+                f"padding_mode={self.padding_mode!r}"
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return space_to_depth_conv3d(x, self.weight, self.bias, self.stride[0], self.padding[0])
 
 
-def _qualifies(conv: nn.Conv3d) -> bool:
+def _geometry_supported(conv: nn.Conv3d) -> bool:
     stride, kernel, padding = conv.stride[0], conv.kernel_size[0], conv.padding
     return (
-        type(conv) is nn.Conv3d
-        and conv.groups == 1
+        conv.groups == 1
         and conv.padding_mode == "zeros"
         and set(conv.dilation) == {1}
         and set(conv.stride) == {stride}
@@ -65,7 +85,14 @@ def _qualifies(conv: nn.Conv3d) -> bool:
         and set(padding) == {padding[0]}
         and 2 <= stride <= kernel
         and padding[0] < kernel
-        and conv.in_channels * stride**3 <= MAX_BLOCK_CHANNELS
+    )
+
+
+def _qualifies(conv: nn.Conv3d) -> bool:
+    return (
+        type(conv) is nn.Conv3d
+        and _geometry_supported(conv)
+        and conv.in_channels * conv.stride[0] ** 3 <= MAX_BLOCK_CHANNELS
     )
 
 
