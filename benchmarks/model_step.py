@@ -166,7 +166,15 @@ def main() -> None:
     parser.add_argument("--profile-models", default="", help="models to profile (bf16 + channels_last_3d)")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    rows = []
+    rows: list[dict] = []
+    profiles: list[dict] = []
+    memory: list[dict] = []
+
+    def save(complete: bool = False) -> Path:
+        """Everything measured so far: a call cut short by its time limit still leaves its figures."""
+        return write_result("model_step", {"rows": rows, "profiles": profiles, "memory": memory,
+                                           "args": vars(args), "complete": complete})
+
     for name in args.models.split(","):
         for lever in args.levers.split(","):
             if "compile" in lever and name not in args.compile_models.split(","):
@@ -175,29 +183,26 @@ def main() -> None:
                 continue
             rows.append(measure(name, lever, args.size, args.batch, args.steps, device))
             print_table(rows[-1:], list(rows[-1]))
-            write_result("model_step", {"rows": rows, "args": vars(args), "complete": False})
+            save()
         for batch in filter(None, args.extra_batches.split(",") if device.type == "cuda" else []):
             rows.append(measure(name, "bf16_channels_last", args.size, int(batch), args.steps, device))
             print_table(rows[-1:], list(rows[-1]))
-    profiles, memory = [], []
     if device.type == "cuda":
         for name in filter(None, args.profile_models.split(",")):
             profiles.append(profile(name, "bf16_channels_last", args.size, args.batch, args.steps, device))
             print(profiles[-1])
-            write_result("model_step", {"rows": rows, "profiles": profiles, "args": vars(args), "complete": False})
+            save()
         batches = [int(b) for b in filter(None, args.memory_batches.split(","))]
         for name in args.models.split(",") if batches else []:  # the cheap fits first, each saved at once
             memory.append(memory_fit(name, args.size, batches, device))
             print(memory[-1])
-            write_result("model_step", {"rows": rows, "profiles": profiles, "memory": memory, "args": vars(args),
-                                        "complete": False})
+            save()
         for index, fit in enumerate(memory):
             memory[index] = confirm_largest_batch(fit, args.size, device)
             print(memory[index])
-            write_result("model_step", {"rows": rows, "profiles": profiles, "memory": memory, "args": vars(args),
-                                        "complete": False})
+            save()
     print_table(rows, ["model", "lever", "batch", "step_s", "samples_per_s"])
-    print(write_result("model_step", {"rows": rows, "profiles": profiles, "memory": memory, "args": vars(args)}))
+    print(save(complete=True))
 
 
 if __name__ == "__main__":
