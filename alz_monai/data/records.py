@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 from monai.data import load_decathlon_datalist
 
+from alz_monai.data import bids
 from alz_monai.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,9 @@ ACCEPTED_LAYOUTS = (
     "  1. a folder <root>/{train,val,test}/{<class>}/*.nii[.gz] (val may also be named validation or valid);\n"
     "  2. a .csv or .tsv table with columns image and label (or diagnosis), optional participant_id, session_id, "
     "split; or a folder holding such a table named scans.tsv;\n"
-    "  3. a MONAI datalist .json with training/validation/testing lists of {\"image\": ..., \"label\": ...}."
+    "  3. a MONAI datalist .json with training/validation/testing lists of {\"image\": ..., \"label\": ...};\n"
+    "  4. a BIDS root: participants.tsv with participant_id and diagnosis, sub-*/[ses-*/]anat/*_T1w.nii[.gz], "
+    "optional sub-*/sub-*_sessions.tsv with a diagnosis per session."
 )
 
 
@@ -357,6 +360,8 @@ def load_records(source: str | os.PathLike[str], classes: Sequence[str] = DEFAUL
         entries = _entries_from_table(path, problems)
     elif path.is_dir() and _has_split_folders(path):
         entries = _entries_from_folders(path, classes, problems)
+    elif path.is_dir() and bids.is_bids_root(path):
+        entries = bids.entries_from_bids(path, problems)
     else:
         reason = "does not exist" if not path.exists() else "is not a recognised dataset source"
         raise DataError([f"{path} {reason}"], source=str(path), hint=ACCEPTED_LAYOUTS)
