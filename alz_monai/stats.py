@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from scipy import stats as sps
+from sklearn import metrics as skm
 
 from alz_monai.metrics import POSITIVE_CLASS, SCALAR_KEYS, classification_report, validate_predictions
 
@@ -142,6 +145,36 @@ def _multiclass_mcc(
     return _safe_divide(covariance_true_pred, np.sqrt(covariance_pred * covariance_true))
 
 
+def _participant_index(groups: Any, num_samples: int) -> np.ndarray:
+    """Each scan's participant as an index in ``range(number of participants)`` (default: a scan is its own)."""
+    if groups is None:
+        return np.arange(num_samples)
+    groups = np.asarray(groups)
+    if groups.shape != (num_samples,):
+        raise ValueError(f"groups must give one participant id per sample ({num_samples}), got shape {groups.shape}.")
+    return np.unique(groups, return_inverse=True)[1].reshape(-1)
+
+
+def _resample_weights(scan_group: np.ndarray, n_resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """Blocks of bootstrap scan multiplicities (resamples x scans): participants are drawn with replacement and a
+    drawn participant brings all their scans, so repeated scans of one person do not narrow an interval."""
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be a positive integer, got {n_resamples}.")
+    num_groups = int(scan_group.max()) + 1
+    drawn_groups = np.random.default_rng(seed).integers(0, num_groups, size=(n_resamples, num_groups))
+    block_size = max(1, _MAX_BLOCK_ELEMENTS // max(scan_group.size, num_groups))
+    for start in range(0, n_resamples, block_size):
+        block = drawn_groups[start : start + block_size]
+        offsets = np.arange(block.shape[0])[:, None] * num_groups
+        group_counts = np.bincount((block + offsets).ravel(), minlength=block.size).reshape(block.shape)
+        yield group_counts[:, scan_group]
+
+
+def _check_confidence(confidence: float) -> None:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}.")
+
+
 def bootstrap_ci(
     y_true: Any,
     probs: Any,
@@ -151,45 +184,26 @@ def bootstrap_ci(
     confidence: float = 0.95,
     seed: int = 0,
     metrics: Sequence[str] = ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity", "f1_macro"),
-) -> dict[str, dict[str, float | int]]:
+) -> dict[str, dict[str, Any]]:
     """Percentile bootstrap confidence intervals, resampling participants rather than scans.
 
-    ``groups`` gives each scan's participant id (default: every scan its own participant); a drawn participant
-    brings all their scans, so repeated scans of one person do not narrow the interval. Resamples where a metric is
-    undefined (a class absent) are skipped for it and counted in ``skipped``. Returns
-    ``{metric: {estimate, low, high, skipped}}`` where ``estimate`` is the metric on the full data.
+    ``groups`` gives each scan's participant id (default: every scan its own participant). Resamples where a metric
+    is undefined (a class absent) are skipped for it and counted in ``skipped``. Returns ``{metric: {estimate, low,
+    high, level, resamples, unit, skipped}}``: ``estimate`` is the metric on the full data and every interval states
+    its own confidence level, resample count and resampled unit, so that a JSON file holding it reads on its own.
     """
     _check_metric_names(metrics)
-    if n_resamples < 1:
-        raise ValueError(f"n_resamples must be a positive integer, got {n_resamples}.")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}.")
+    _check_confidence(confidence)
     labels, probs, predicted = validate_predictions(y_true, probs, class_names)
-    if groups is None:
-        scan_group = np.arange(labels.size)
-    else:
-        groups = np.asarray(groups)
-        if groups.shape != labels.shape:
-            raise ValueError(
-                f"groups must give one participant id per sample ({labels.size}), got shape {groups.shape}."
-            )
-        _, scan_group = np.unique(groups, return_inverse=True)
-    num_groups = int(scan_group.max()) + 1
-
-    rng = np.random.default_rng(seed)
-    drawn_groups = rng.integers(0, num_groups, size=(n_resamples, num_groups))
-    block_size = max(1, _MAX_BLOCK_ELEMENTS // max(labels.size, num_groups))
+    scan_group = _participant_index(groups, labels.size)
     samples: dict[str, list[np.ndarray]] = {name: [] for name in metrics}
-    for start in range(0, n_resamples, block_size):
-        block = drawn_groups[start : start + block_size]
-        offsets = np.arange(block.shape[0])[:, None] * num_groups
-        group_counts = np.bincount((block + offsets).ravel(), minlength=block.size).reshape(block.shape)
-        block_metrics = resampled_metrics(labels, probs, class_names, group_counts[:, scan_group], metrics, predicted)
-        for name, values in block_metrics.items():
+    for weights in _resample_weights(scan_group, n_resamples, seed):
+        for name, values in resampled_metrics(labels, probs, class_names, weights, metrics, predicted).items():
             samples[name].append(values)
 
     full_report = classification_report(labels, probs, class_names, predicted)
     tail = (1.0 - confidence) / 2.0
+    unit = "scan" if groups is None else "participant"
     intervals = {}
     for name in metrics:
         values = np.concatenate(samples[name])
@@ -204,9 +218,71 @@ def bootstrap_ci(
             "estimate": float(full_report[name]),
             "low": float(low),
             "high": float(high),
+            "level": confidence,
+            "resamples": n_resamples,
+            "unit": unit,
             "skipped": skipped,
         }
     return intervals
+
+
+@dataclasses.dataclass(frozen=True)
+class RocBand:
+    """Pointwise percentile bootstrap band of a ROC curve: true positive rates at fixed false positive rates."""
+
+    fpr: np.ndarray
+    tpr_low: np.ndarray
+    tpr_high: np.ndarray
+    level: float
+    resamples: int
+
+
+def bootstrap_roc_band(
+    is_positive: Any,
+    scores: Any,
+    groups: Any = None,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    grid_points: int = 101,
+) -> RocBand:
+    """Band around a one-vs-rest ROC curve from the same participant-level resamples as :func:`bootstrap_ci`.
+
+    Each resample's curve (sklearn's, with the resample's scan multiplicities as weights) is interpolated at
+    ``grid_points`` false positive rates; resamples lacking positives or negatives are skipped.
+    """
+    _check_confidence(confidence)
+    positive = _binary_labels(is_positive)
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape != positive.shape:
+        raise ValueError(f"scores must have one value per label ({positive.size}), got shape {scores.shape}.")
+    grid = np.linspace(0.0, 1.0, grid_points)
+    curves = []
+    for weights in _resample_weights(_participant_index(groups, positive.size), n_resamples, seed):
+        for row in weights:
+            if not (row[positive].any() and row[~positive].any()):
+                continue
+            kept = row > 0
+            fpr, tpr, _ = skm.roc_curve(positive[kept], scores[kept], sample_weight=row[kept])
+            curves.append(np.interp(grid, fpr, tpr))
+    if not curves:
+        raise ValueError("no bootstrap resample holds both positives and negatives; a ROC band needs both classes.")
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(np.asarray(curves), [tail, 1.0 - tail], axis=0)
+    low[0], high[-1] = 0.0, 1.0
+    return RocBand(fpr=grid, tpr_low=low, tpr_high=high, level=confidence, resamples=len(curves))
+
+
+def rounded(obj: Any, significant_digits: int = 6) -> Any:
+    """Floats rounded to ``significant_digits`` throughout a JSON-like object, for files people read: a metric of
+    0.9999999999999999 shows as 1.0 and a p-value of 1.234567891e-08 keeps its magnitude."""
+    if isinstance(obj, float):
+        return float(f"{obj:.{significant_digits}g}") if math.isfinite(obj) else obj
+    if isinstance(obj, Mapping):
+        return {key: rounded(value, significant_digits) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [rounded(value, significant_digits) for value in obj]
+    return obj
 
 
 def _binary_labels(y_true: Any, num_samples: int | None = None) -> np.ndarray:

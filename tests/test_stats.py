@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 
@@ -15,10 +16,12 @@ from alz_monai.stats import (
     BOOTSTRAP_METRICS,
     MCNEMAR_EXACT_BELOW,
     bootstrap_ci,
+    bootstrap_roc_band,
     delong_covariance,
     delong_test,
     mcnemar_test,
     resampled_metrics,
+    rounded,
 )
 
 CLASS_NAMES = {2: ("CN", "AD"), 3: ("CN", "MCI", "AD")}
@@ -83,10 +86,53 @@ def test_bootstrap_resamples_participants_with_all_their_scans() -> None:
     grouped = bootstrap_ci(labels[doubled], probs[doubled], CLASS_NAMES[2], groups=participants[doubled],
                            n_resamples=300, seed=0)
     for name in single_scan:
-        assert grouped[name] == pytest.approx(single_scan[name], abs=1e-12), name
+        assert _bounds(grouped[name]) == pytest.approx(_bounds(single_scan[name]), abs=1e-12), name
+    assert grouped["auc"]["unit"] == "participant" and single_scan["auc"]["unit"] == "scan"
     ungrouped = bootstrap_ci(labels[doubled], probs[doubled], CLASS_NAMES[2], n_resamples=300, seed=0)
     for name in ("accuracy", "auc"):
         assert ungrouped[name]["high"] - ungrouped[name]["low"] < 0.85 * (grouped[name]["high"] - grouped[name]["low"])
+
+
+def _bounds(interval: dict) -> tuple[float, float, float]:
+    return interval["estimate"], interval["low"], interval["high"]
+
+
+def test_bootstrap_intervals_state_level_resamples_and_unit() -> None:
+    labels, probs = make_predictions(2, 40, seed=8)
+    intervals = bootstrap_ci(labels, probs, CLASS_NAMES[2], groups=np.arange(40) // 2, n_resamples=120,
+                             confidence=0.9, metrics=("accuracy", "auc"))
+    for interval in intervals.values():
+        assert {key: interval[key] for key in ("level", "resamples", "unit")} == {
+            "level": 0.9, "resamples": 120, "unit": "participant"}
+
+
+def test_rounded_keeps_significant_digits_for_people() -> None:
+    data = {"auc": 0.9999999999999999, "p_value": 1.234567891e-08, "ci": [0.123456789, float("nan")], "n": 3,
+            "name": "AD"}
+    shown = rounded(data)
+    assert shown["auc"] == 1.0 and shown["p_value"] == 1.23457e-08 and shown["ci"][0] == 0.123457
+    assert math.isnan(shown["ci"][1]) and shown["n"] == 3 and shown["name"] == "AD"
+    assert json.dumps(rounded({"f1": 2 / 3}, 4)) == '{"f1": 0.6667}'
+
+
+def test_roc_band_covers_the_curve_and_narrows_with_more_participants() -> None:
+    widths = []
+    for num_samples in (40, 400):
+        labels, probs = make_predictions(2, num_samples, seed=9)
+        band = bootstrap_roc_band(labels == 1, probs[:, 1], n_resamples=300, seed=0)
+        fpr, tpr, _ = skm.roc_curve(labels == 1, probs[:, 1])
+        curve = np.interp(band.fpr, fpr, tpr)
+        inside = (band.tpr_low <= curve + 1e-9) & (curve <= band.tpr_high + 1e-9)
+        assert inside.mean() > 0.95
+        assert band.tpr_low[0] == 0.0 and band.tpr_high[-1] == 1.0
+        assert band.level == 0.95 and band.resamples == 300
+        widths.append(float(np.mean(band.tpr_high - band.tpr_low)))
+    assert widths[1] < 0.6 * widths[0]
+
+
+def test_roc_band_needs_both_classes() -> None:
+    with pytest.raises(ValueError, match="both positives and negatives"):
+        bootstrap_roc_band(np.ones(5, dtype=bool), np.linspace(0, 1, 5), n_resamples=10)
 
 
 def test_bootstrap_skips_and_counts_resamples_lacking_a_class() -> None:
