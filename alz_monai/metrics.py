@@ -289,6 +289,45 @@ def expected_calibration_error(y_true: Any, probs: Any, n_bins: int = 15) -> flo
     return float(np.sum(curve.counts[filled] * gaps) / curve.counts.sum())
 
 
+@dataclasses.dataclass(frozen=True)
+class ParticipantAverages:
+    """One row per participant (and diagnosis, where it changed between sessions), in order of first appearance."""
+
+    participants: np.ndarray
+    y_true: np.ndarray
+    probs: np.ndarray
+    num_scans: np.ndarray
+
+
+def average_by_participant(y_true: Any, probs: Any, participants: Any) -> ParticipantAverages:
+    """Mean class probabilities of each participant's scans, for participant-level metrics.
+
+    Sessions of one person are not independent evidence, so a participant counts once. A participant whose true
+    label changed between sessions (e.g. CN converting to MCI) gives one row per label, with a warning.
+    """
+    labels, probs, _ = validate_predictions(y_true, probs)
+    ids = np.asarray(participants, dtype=str)
+    if ids.shape != labels.shape:
+        raise ValueError(f"participants must give one id per row of probs ({labels.size}), got shape {ids.shape}.")
+    missing = np.flatnonzero(ids == "")
+    if missing.size:
+        raise ValueError(f"participant id missing on row {int(missing[0])} ({missing.size} rows): participant-level "
+                         "metrics need every scan's participant.")
+    _, participant_index = np.unique(ids, return_inverse=True)
+    num_classes = probs.shape[1]
+    _, first, unit = np.unique(participant_index * num_classes + labels, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    num_scans = np.bincount(unit)
+    sums = np.stack([np.bincount(unit, weights=probs[:, column]) for column in range(num_classes)], axis=1)
+    unit_ids = ids[first][order]
+    values, counts = np.unique(unit_ids, return_counts=True)
+    if (counts > 1).any():
+        logger.warning("participants %s have scans with different true labels: each label counts as its own "
+                       "participant-level row.", ", ".join(values[counts > 1][:10]))
+    return ParticipantAverages(participants=unit_ids, y_true=labels[first][order],
+                               probs=(sums / num_scans[:, None])[order], num_scans=num_scans[order])
+
+
 def to_jsonable(obj: Any) -> Any:
     """Convert reports, arrays and numpy scalars to built-in types; NaN and infinities become ``None`` (JSON null)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):

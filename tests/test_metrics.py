@@ -7,6 +7,7 @@ import logging
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn import metrics as skm
 from sklearn.preprocessing import label_binarize
@@ -14,6 +15,7 @@ from sklearn.preprocessing import label_binarize
 from alz_monai.metrics import (
     PER_CLASS_SCALAR_KEYS,
     SCALAR_KEYS,
+    average_by_participant,
     classification_report,
     expected_calibration_error,
     pr_curves,
@@ -257,3 +259,33 @@ def test_validate_predictions_infers_classes_from_probs() -> None:
         validate_predictions([0], [0.5, 0.5])
     with pytest.raises(ValueError, match="at least 2 classes"):
         validate_predictions([0], [[1.0]])
+
+
+def test_average_by_participant_matches_a_pandas_group_mean() -> None:
+    rng = np.random.default_rng(4)
+    participant_of_scan = rng.integers(0, 30, 90)
+    participant_label = rng.integers(0, 3, 30)
+    labels, probs = participant_label[participant_of_scan], rng.dirichlet(np.ones(3), 90)
+    ids = [f"sub-{index:02d}" for index in participant_of_scan]
+    averages = average_by_participant(labels, probs, ids)
+
+    table = pd.DataFrame(probs).assign(participant=ids, label=labels)
+    expected = table.groupby("participant", sort=False)[[0, 1, 2]].agg(["mean", "size"])
+    assert list(averages.participants) == list(expected.index)
+    np.testing.assert_allclose(averages.probs, expected.xs("mean", axis=1, level=1).to_numpy())
+    np.testing.assert_array_equal(averages.num_scans, expected[(0, "size")].to_numpy())
+    np.testing.assert_array_equal(averages.y_true, table.groupby("participant", sort=False)["label"].first())
+    np.testing.assert_allclose(averages.probs.sum(axis=1), 1.0)
+
+
+def test_average_by_participant_splits_changed_diagnoses_and_needs_every_id(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    probs = [[0.9, 0.1], [0.7, 0.3], [0.2, 0.8], [0.4, 0.6]]
+    with caplog.at_level(logging.WARNING, logger="alz_monai.metrics"):
+        averages = average_by_participant([0, 0, 0, 1], probs, ["b", "b", "a", "a"])
+    assert list(averages.participants) == ["b", "a", "a"] and list(averages.y_true) == [0, 0, 1]
+    np.testing.assert_allclose(averages.probs, [[0.8, 0.2], [0.2, 0.8], [0.4, 0.6]])
+    assert "participants a have scans with different true labels" in caplog.text
+    with pytest.raises(ValueError, match="participant id missing on row 1"):
+        average_by_participant([0, 1], [[0.5, 0.5], [0.5, 0.5]], ["a", ""])
