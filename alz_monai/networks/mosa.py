@@ -10,6 +10,10 @@ patches of ``32 / d`` feature voxels (8, 8, 4, 2, 1 for a ResNet), whatever the 
 multiple of 16 (112 in 96x112x96: layer4 has 4 cells for 3.5 x 32 voxels), the backbone rounds its map sizes up, and
 each level is zero-padded at the far end to fill its last patch. Axes must be multiples of 16 so that this last
 token is at least half image; 96x112x96 gives a 3x4x3 grid, 128^3 the original tool's 4x4x4.
+
+Token reshapes are einops ``Rearrange`` layers (einops' functions cannot be compiled by TorchScript; its layers can,
+and they hold no parameters, so checkpoints are unchanged). Axis names: b batch, l token, c channel, d/h/w space,
+v pyramid level.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from einops.layers.torch import Rearrange
 from monai.networks.blocks import MLPBlock
 from torch import nn
 
@@ -61,19 +66,19 @@ class SelfAttention(nn.Module):
             raise ConfigError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
         if not 0.0 <= attn_drop_rate < 1.0:
             raise ConfigError(f"attn_drop_rate must be in [0, 1), got {attn_drop_rate}")
-        self.num_heads = num_heads
         self.attn_drop_rate = attn_drop_rate
         self.qkv = nn.Linear(embed_dim, 3 * embed_dim, bias=qkv_bias)
+        self.split_heads = Rearrange("b l (qkv heads c) -> qkv b heads l c", qkv=3, heads=num_heads)
+        self.merge_heads = Rearrange("b heads l c -> b l (heads c)")
         self.proj = nn.Linear(embed_dim, embed_dim)
         self.proj_dropout = nn.Dropout(drop_rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, length, width = x.shape
-        qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, width // self.num_heads).permute(2, 0, 3, 1, 4)
+        qkv = self.split_heads(self.qkv(x))
         query, key, value = qkv[0], qkv[1], qkv[2]
         dropout_p = self.attn_drop_rate if self.training else 0.0
         attended = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p)
-        return self.proj_dropout(self.proj(attended.transpose(1, 2).reshape(batch, length, width)))
+        return self.proj_dropout(self.proj(self.merge_heads(attended)))
 
 
 class TransformerEncoderBlock(nn.Module):
@@ -113,6 +118,7 @@ class LevelTokenizer(nn.Module):
     ) -> None:
         super().__init__()
         self.patch_embedding = nn.Conv3d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.to_tokens = Rearrange("b c d h w -> b (d h w) c")
         # F.pad takes (last axis low, high, ..., first axis low, high); pad only the high end (see module docstring).
         far_end_padding = [grid * patch_size - size for grid, size in zip(token_grid, level_size)]
         self.padding = [amount for pad in reversed(far_end_padding) for amount in (0, pad)]
@@ -125,7 +131,7 @@ class LevelTokenizer(nn.Module):
     def forward(self, level: torch.Tensor) -> torch.Tensor:
         if self.needs_padding:
             level = F.pad(level, self.padding)
-        tokens = self.patch_embedding(level).flatten(2).transpose(1, 2)
+        tokens = self.to_tokens(self.patch_embedding(level))
         cls_token = self.cls_token.expand(tokens.shape[0], -1, -1)
         return torch.cat([cls_token, tokens], dim=1) + self.position_embedding
 
@@ -285,10 +291,10 @@ class MosaShared(MosaBase):
         self.encoder = TransformerEncoder(depth, **block_options)
         self.scale_embedding = nn.Parameter(torch.zeros(self.num_levels, 1, 1, block_options["embed_dim"]))
         nn.init.trunc_normal_(self.scale_embedding, std=0.02)
+        self.levels_as_batch = Rearrange("v b l c -> (v b) l c")
+        self.concat_levels = Rearrange("(v b) c -> b (v c)", v=self.num_levels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # All levels have the same token count, so one encoder call handles them as a (levels * batch) batch.
         tokens = torch.stack(self.tokenize(x)) + self.scale_embedding
-        levels, batch, length, width = tokens.shape
-        summaries = self.encoder(tokens.reshape(levels * batch, length, width)).reshape(levels, batch, width)
-        return self.head(summaries.transpose(0, 1).reshape(batch, levels * width))
+        return self.head(self.concat_levels(self.encoder(self.levels_as_batch(tokens))))
