@@ -11,6 +11,7 @@ from pathlib import Path
 from alz_monai.compare import add_compare_parser
 from alz_monai.crossval import add_cv_parser
 from alz_monai.errors import AlzMonaiError
+from alz_monai.preprocess.cli import add_preprocess_parser
 
 __all__ = ["main", "build_parser"]
 
@@ -36,8 +37,9 @@ def _ratios(text: str) -> tuple[float, float, float]:
 
 def _cmd_synth(args: argparse.Namespace) -> int:
     from alz_monai.data.synth import generate_synthetic_dataset, plot_examples
+    from alz_monai.data.synth_raw import generate_raw_dataset
 
-    params = generate_synthetic_dataset(
+    params = (generate_raw_dataset if args.raw else generate_synthetic_dataset)(
         args.output, subjects=args.subjects, sessions=args.sessions, classes=args.classes, effect=args.effect,
         spacing=args.spacing, seed=args.seed, shuffle_labels=args.shuffle_labels, workers=args.workers,
         overwrite=args.overwrite)
@@ -126,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--workers", type=int, default=1)
     synth.add_argument("--overwrite", action="store_true", help="replace a previous output in the folder")
     synth.add_argument("--figure", default=None, help="also save a PNG of example slices here")
+    synth.add_argument("--raw", action="store_true",
+                       help="whole heads as a scanner writes them (skull, neck, random pose and field of view)")
     synth.set_defaults(func=_cmd_synth)
 
     split = sub.add_parser("split", help="write a subject-level split table for a dataset")
@@ -161,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_cv_parser(sub)
     add_compare_parser(sub)
+    add_preprocess_parser(sub)
     return parser
 
 

@@ -1,0 +1,133 @@
+"""Affine (or rigid) registration of a whole head to the skull-stripped MNI template (SimpleITK).
+
+The template has no skull, so the similarity (Mattes mutual information) is measured only within its brain mask
+grown by ``MASK_MARGIN_MM``: the scalp and neck of the scan then never pull on the fit. Raw scans can be rotated
+by tens of degrees and shifted by centimetres, and their centre of mass lies low because of the neck, so a coarse
+search over rotations and heights picks the start of a rigid fit, which in turn starts the affine one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from alz_monai.preprocess.images import sitk
+
+if TYPE_CHECKING:
+    import SimpleITK
+
+__all__ = ["TRANSFORM_KINDS", "register_to_template"]
+
+logger = logging.getLogger(__name__)
+
+TRANSFORM_KINDS = ("affine", "rigid")
+MASK_MARGIN_MM = 8.0
+LEVEL_SPACINGS_MM = (8.0, 4.0, 2.0)
+"""Pyramid of the fits; levels finer than the template or the scan are dropped."""
+SAMPLING_FRACTION = 0.2
+HISTOGRAM_BINS = 32
+ITERATIONS = 200
+SEED = 0
+SEARCH_STAGES = ((0, 0, 0, 3, 3, 3), (2, 2, 2, 1, 1, 1))
+"""Grid points either side of the start per rigid parameter (rotations about x, y, z, then shifts), per stage."""
+SEARCH_ROTATION_STEP_DEG = 10.0
+SEARCH_SHIFT_STEP_MM = 15.0
+"""Random sampling of the metric is seeded: the same scan gives the same transform."""
+
+
+def register_to_template(moving: SimpleITK.Image, template: SimpleITK.Image, mask: SimpleITK.Image,
+                         kind: str = "affine") -> SimpleITK.Transform:
+    """The transform taking template points (LPS mm) to the scan's: what ``sitk.Resample`` needs to map it."""
+    if kind not in TRANSFORM_KINDS:
+        raise ValueError(f"transform kind {kind!r} is not one of {', '.join(TRANSFORM_KINDS)}")
+    itk = sitk()
+    moving = itk.Cast(moving, itk.sitkFloat32)
+    margin = [max(1, int(round(MASK_MARGIN_MM / spacing))) for spacing in mask.GetSpacing()]
+    fixed_mask = itk.BinaryDilate(mask, margin)
+    levels = _levels(template, moving)
+    rigid = itk.Euler3DTransform(_initial_rigid(template, moving, fixed_mask))
+    rigid = _fit(template, moving, fixed_mask, rigid, levels)
+    if kind == "rigid":
+        return rigid
+    affine = itk.AffineTransform(3)
+    affine.SetMatrix(rigid.GetMatrix())
+    affine.SetTranslation(rigid.GetTranslation())
+    affine.SetCenter(rigid.GetCenter())
+    return _fit(template, moving, fixed_mask, affine, levels[-2:])
+
+
+def _levels(template: SimpleITK.Image, moving: SimpleITK.Image) -> list[tuple[int, float]]:
+    """(shrink factor of the template, smoothing sigma in mm) per pyramid level."""
+    finest = max(max(template.GetSpacing()), max(moving.GetSpacing()))
+    spacings = [spacing for spacing in LEVEL_SPACINGS_MM if spacing >= finest] or [finest]
+    base = min(template.GetSpacing())
+    return [(max(1, int(round(spacing / base))), spacing / 2.0) for spacing in spacings]
+
+
+def _method(template: SimpleITK.Image, fixed_mask: SimpleITK.Image) -> SimpleITK.ImageRegistrationMethod:
+    itk = sitk()
+    method = itk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(HISTOGRAM_BINS)
+    method.SetMetricSamplingStrategy(method.RANDOM)
+    method.SetMetricSamplingPercentage(SAMPLING_FRACTION, SEED)
+    method.SetMetricFixedMask(fixed_mask)
+    method.SetInterpolator(itk.sitkLinear)
+    return method
+
+
+def _fit(template: SimpleITK.Image, moving: SimpleITK.Image, fixed_mask: SimpleITK.Image,
+         transform: SimpleITK.Transform, levels: list[tuple[int, float]]) -> SimpleITK.Transform:
+    method = _method(template, fixed_mask)
+    method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3, numberOfIterations=ITERATIONS,
+                                                    relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6)
+    method.SetOptimizerScalesFromPhysicalShift()
+    method.SetShrinkFactorsPerLevel([shrink for shrink, _ in levels])
+    method.SetSmoothingSigmasPerLevel([sigma for _, sigma in levels])
+    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    method.SetInitialTransform(transform, inPlace=True)
+    method.Execute(template, moving)
+    logger.debug("%s fit: metric %.4f after %d iterations (%s)", transform.GetName(), method.GetMetricValue(),
+                 method.GetOptimizerIteration(), method.GetOptimizerStopConditionDescription())
+    return transform
+
+
+def _initial_rigid(template: SimpleITK.Image, moving: SimpleITK.Image,
+                   fixed_mask: SimpleITK.Image) -> SimpleITK.Transform:
+    """Best rigid start on coarse grids around the centres of mass: shifts first, then rotations about the best."""
+    itk = sitk()
+    start = itk.CenteredTransformInitializer(template, moving, itk.Euler3DTransform(),
+                                             itk.CenteredTransformInitializerFilter.MOMENTS)
+    shrink, sigma = _levels(template, moving)[0]
+    coarse_template = itk.Shrink(itk.SmoothingRecursiveGaussian(template, sigma), [shrink] * 3)
+    coarse_moving = itk.SmoothingRecursiveGaussian(moving, sigma)
+    coarse_mask = itk.Resample(fixed_mask, coarse_template, itk.Transform(), itk.sitkNearestNeighbor)
+    for steps in SEARCH_STAGES:
+        start = _grid_search(coarse_template, coarse_moving, coarse_mask, start, steps)
+    return start
+
+
+def _grid_search(template: SimpleITK.Image, moving: SimpleITK.Image, fixed_mask: SimpleITK.Image,
+                 start: SimpleITK.Euler3DTransform, steps: tuple[int, ...]) -> SimpleITK.Euler3DTransform:
+    """The rigid transform of lowest metric among ``start`` moved by whole steps along each parameter."""
+    itk = sitk()
+    method = _method(template, fixed_mask)
+    method.SetMetricSamplingStrategy(method.NONE)
+    method.SetOptimizerAsExhaustive(list(steps), stepLength=1.0)
+    method.SetOptimizerScales([math.radians(SEARCH_ROTATION_STEP_DEG)] * 3 + [SEARCH_SHIFT_STEP_MM] * 3)
+    candidate = itk.Euler3DTransform(start)
+    method.SetInitialTransform(candidate, inPlace=True)
+    best: dict[str, object] = {"value": math.inf, "parameters": start.GetParameters()}
+
+    def keep_best() -> None:
+        value = method.GetMetricValue()
+        if value < best["value"]:
+            best.update(value=value, parameters=candidate.GetParameters())
+
+    method.AddCommand(itk.sitkIterationEvent, keep_best)
+    method.Execute(template, moving)
+    result = itk.Euler3DTransform(start)
+    result.SetParameters(best["parameters"])
+    return result
