@@ -9,16 +9,17 @@ from alz_monai.data.dataset import (
     prepare_records,
     scan_records,
     split_records,
+    transform_fingerprint,
 )
 from alz_monai.data.records import DEFAULT_CLASSES, load_records, summarize_records
 from alz_monai.data.splits import assign_splits, check_no_leakage, kfold_splits, resolve_splits
 from alz_monai.data.transforms import CastToFloatd, ForegroundThreshold, NormalizeForegroundd
-from alz_monai.data.validate import ensure_valid, validate_records
+from alz_monai.data.validate import ScanContent, check_records, ensure_valid, validate_records
 
 __all__ = [
     "CACHE_MODES", "DEFAULT_CLASSES", "BatchAugmentation", "CastToFloatd", "DeviceBatch", "ForegroundThreshold",
-    "NormalizeForegroundd",
-    "assign_splits", "build_dataset", "check_no_leakage", "class_balanced_sampler", "class_weights",
+    "NormalizeForegroundd", "ScanContent",
+    "assign_splits", "build_dataset", "check_no_leakage", "check_records", "class_balanced_sampler", "class_weights",
     "ensure_valid", "kfold_splits", "load_records", "prepare_records", "resolve_splits", "scan_records",
-    "split_records", "summarize_records", "validate_records",
+    "split_records", "summarize_records", "transform_fingerprint", "validate_records",
 ]

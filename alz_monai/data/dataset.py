@@ -1,26 +1,40 @@
-"""From records to cached MONAI datasets, samplers and class weights."""
+"""From records to cached MONAI datasets, samplers and class weights.
+
+The persistent cache (``cache: disk``) keys each preprocessed volume by a SHA-256 of the scan file's bytes and by
+the parameters of the deterministic transforms, nothing else: a scan re-exported at the same path is recomputed,
+and runs or bundles with the same preprocessing share entries whatever the scan's path, label or participant. The
+hash comes from validation, which reads the file anyway (:class:`~alz_monai.data.validate.ScanContent`), as long
+as the file's size and mtime_ns are still those validation saw; otherwise the file is hashed here.
+"""
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import inspect
+import json
 import logging
+import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import monai
 import numpy as np
 import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
-from monai.data.utils import json_hashing
 from torch.utils.data import WeightedRandomSampler
 
-from alz_monai.data.records import bids_entity, is_nifti, load_records, summarize_records
+from alz_monai.data.records import CONTENT_KEY, bids_entity, is_nifti, load_records, summarize_records
 from alz_monai.data.splits import kfold_splits, records_for_split, resolve_splits
-from alz_monai.data.validate import ensure_valid, validate_records
+from alz_monai.data.validate import DEFAULT_FOREGROUND_FRACTION, check_records, ensure_valid, log_warnings
 from alz_monai.distributed import barrier, is_main_process
 from alz_monai.errors import DataError
+from alz_monai.fileio import atomic_write_text
 
 __all__ = ["CACHE_MODES", "DATASET_KEYS", "PATH_KEY", "prepare_records", "split_records", "scan_records",
-           "build_dataset", "class_balanced_sampler", "class_weights"]
+           "build_dataset", "transform_fingerprint", "class_balanced_sampler", "class_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +53,13 @@ def prepare_records(
     validate: bool = True,
     fold: int | None = None,
     num_folds: int = 5,
+    foreground_fraction: float = DEFAULT_FOREGROUND_FRACTION,
 ) -> list[dict[str, Any]]:
     """Load, validate and split a dataset: the one entry point of every bundle.
 
-    Validation reads every scan before any training so that all data problems are reported at once;
-    the split table written to ``output_dir`` is reused on resume and evaluation. With ``fold`` set, the
+    Validation reads every scan before any training so that all data problems are reported at once (with the
+    bundle's ``foreground_fraction``, as its preprocessing crops); its hashes let the leakage guard find copies of
+    a scan under other participants and key the persistent cache. The split table written to ``output_dir`` is reused on resume and evaluation. With ``fold`` set, the
     train and val participants are regrouped into ``num_folds`` folds and fold ``fold`` validates; the
     test split is never touched.
     """
@@ -51,7 +67,7 @@ def prepare_records(
     # under multi-GPU training rank 0 validates and writes the split table; the other ranks then reuse it
     if is_main_process():
         if validate:
-            ensure_valid(records, classes)
+            records = ensure_valid(records, classes, foreground_fraction=foreground_fraction)
         records = resolve_splits(records, output_dir, ratios=split_ratios, seed=seed)
     barrier()
     if not is_main_process():
@@ -72,6 +88,90 @@ def split_records(records: Sequence[dict[str, Any]], split: str) -> list[dict[st
     return selected
 
 
+def _describe(value: Any) -> Any:
+    """JSON-able description of a transform's parameters, recursively (for :func:`transform_fingerprint`)."""
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (set, frozenset)):
+        return sorted(repr(item) for item in value)
+    if isinstance(value, type) or inspect.isroutine(value):
+        return f"{value.__module__}.{value.__qualname__}"
+    if isinstance(value, functools.partial):
+        return {"__type__": "functools.partial", "func": value.func, "args": value.args, "keywords": value.keywords}
+    kind = f"{type(value).__module__}.{type(value).__qualname__}"
+    return {"__type__": kind, **vars(value)} if hasattr(value, "__dict__") else f"{kind}:{value}"
+
+
+def transform_fingerprint(transforms: Sequence[Callable]) -> bytes:
+    """Hash of the transforms' classes and parameters, and of MONAI's version.
+
+    MONAI's ``json_hashing`` cannot serialise transforms and falls back to their class names alone, so a changed
+    ``spatial_size`` or ``pixdim`` would reuse stale volumes.
+    """
+    description = json.dumps({"monai": monai.__version__, "transforms": list(transforms)}, default=_describe,
+                             sort_keys=True)
+    return hashlib.sha256(description.encode()).hexdigest().encode()
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, as validation computes it (ScanContent.file_sha256)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _content_key(record: dict[str, Any]) -> str:
+    """The hash validation saved when it still describes the file (same size and mtime_ns), else a fresh one."""
+    content = record.get(CONTENT_KEY)
+    status = os.stat(record["image"])
+    if content is not None and (content.size, content.mtime_ns) == (status.st_size, status.st_mtime_ns):
+        return content.file_sha256
+    return file_sha256(record["image"])
+
+
+def _content_keys(records: Sequence[dict[str, Any]], workers: int) -> list[str]:
+    fresh = sum(1 for record in records if record.get(CONTENT_KEY) is None)
+    if fresh:
+        logger.info("hashing %d scans not hashed by validation, for the persistent cache's keys", fresh)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = [pool.submit(_content_key, record) for record in records]
+    problems, keys = [], []
+    for record, future in zip(records, futures):
+        error = future.exception()
+        if error is None:
+            keys.append(future.result())
+        elif isinstance(error, OSError):
+            problems.append(f"{record['image']}: cannot be read ({error.strerror or error})")
+        else:
+            raise error
+    if problems:
+        raise DataError(problems, source="the scans to cache",
+                        hint="Restore the listed scans or turn validate_data on to find every problem, then run again.")
+    return keys
+
+
+_CACHE_KEY = "content_sha256"
+
+
+def _cache_key(item: dict[str, Any]) -> bytes:
+    return item[_CACHE_KEY].encode()
+
+
+class _ContentCachedDataset(Dataset):
+    """The records' fields around volumes from a PersistentDataset keyed by content alone, so one cache entry
+    serves every record (any label, path or participant) of the same scan and preprocessing."""
+
+    def __init__(self, data: Sequence[dict[str, Any]], volumes: PersistentDataset) -> None:
+        super().__init__(data)
+        self.volumes = volumes
+
+    def _transform(self, index: int) -> dict[str, Any]:
+        volume = dict(self.volumes[index])
+        volume.pop(_CACHE_KEY)
+        return {**volume, **self.data[index]}
+
+
 def build_dataset(
     records: Sequence[dict[str, Any]],
     transform: Callable,
@@ -82,7 +182,8 @@ def build_dataset(
     progress: bool = True,
 ) -> Dataset:
     """``memory``: CacheDataset (deterministic transforms run once); ``disk``: PersistentDataset under
-    ``cache_dir`` (survives restarts); ``none``: every transform on every access."""
+    ``cache_dir``, keyed by scan content and preprocessing (survives restarts, shared by runs with the same
+    preprocessing: see the module docstring); ``none``: every transform on every access."""
     if cache not in CACHE_MODES:
         raise ValueError(f"unknown cache mode {cache!r}; valid modes: {', '.join(CACHE_MODES)}")
     data = [{**{key: record[key] for key in DATASET_KEYS if key in record}, PATH_KEY: record["image"]}
@@ -94,8 +195,12 @@ def build_dataset(
         if cache_dir is None:
             raise ValueError("cache 'disk' needs cache_dir (a folder for the persistent cache)")
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        # the transforms' parameters are part of the key: changing e.g. spatial_size never reuses a stale cache
-        return PersistentDataset(data, transform=transform, cache_dir=cache_dir, hash_transform=json_hashing)
+        keys = _content_keys(records, num_workers or 1)
+        volumes = PersistentDataset([{"image": record["image"], _CACHE_KEY: key} for record, key in zip(records, keys)],
+                                    transform=transform, cache_dir=cache_dir, hash_func=_cache_key,
+                                    hash_transform=transform_fingerprint)
+        return _ContentCachedDataset([{key: value for key, value in item.items() if key != "image"} for item in data],
+                                     volumes)
     return Dataset(data, transform=transform)
 
 
@@ -119,9 +224,22 @@ def class_balanced_sampler(records: Sequence[dict[str, Any]], num_classes: int, 
                                  generator=generator)
 
 
-def scan_records(source: str | Path | Sequence[str | Path]) -> list[dict[str, Any]]:
+def _write_problems(path: str | Path, report_records: Sequence[dict[str, Any]], errors: Sequence[list[str]]) -> None:
+    rows = [f"{record['image']}\t{problem}" for record, problems in zip(report_records, errors) for problem in problems]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "\n".join(["image\tproblem", *rows]) + "\n")
+
+
+def scan_records(source: str | Path | Sequence[str | Path], *,
+                 foreground_fraction: float = DEFAULT_FOREGROUND_FRACTION,
+                 problems_path: str | Path | None = None) -> list[dict[str, Any]]:
     """Unlabelled records for inference: a NIfTI file, a folder searched recursively, a text file with one
-    path per line, or a list of paths. Every scan is checked (readable, 3D, finite, not constant) first."""
+    path per line, or a list of paths. Every scan is validated first (see :mod:`alz_monai.data.validate`).
+
+    Without ``problems_path`` any bad scan stops the run (one error listing them all). With it, bad scans are
+    skipped: a TSV (columns image, problem) listing them is written there (header only when none failed), and
+    the run proceeds with the others; only when no scan is left does it stop.
+    """
     paths: list[Path] = []
     sources = [source] if isinstance(source, (str, Path)) else list(source)
     for item in sources:
@@ -141,7 +259,16 @@ def scan_records(source: str | Path | Sequence[str | Path]) -> list[dict[str, An
                         hint="Give a NIfTI file, a folder of NIfTI files or a text file listing them.")
     records = [{"image": str(p.absolute()), "participant_id": bids_entity(p, "sub"),
                 "session_id": bids_entity(p, "ses")} for p in paths]
-    problems = validate_records(records, labelled=False, progress=len(records) > 10)
-    if problems:
-        raise DataError(problems, source=str(source), hint="Fix or remove the listed scans, then run again.")
-    return records
+    report = check_records(records, labelled=False, progress=len(records) > 10,
+                           foreground_fraction=foreground_fraction)
+    log_warnings(report)
+    if problems_path is not None:
+        _write_problems(problems_path, report.records, report.record_errors)
+    usable = [record for record, errors in zip(report.records, report.record_errors) if not errors]
+    if report.errors and (problems_path is None or not usable):
+        raise DataError(report.errors, source=str(source), hint="Fix or remove the listed scans, then run again.")
+    if report.errors:
+        logger.warning("skipping %d of %d scans that cannot be preprocessed (listed in %s):\n%s",
+                       len(records) - len(usable), len(records), problems_path,
+                       "\n".join(f"  - {problem}" for problem in report.errors))
+    return usable

@@ -4,7 +4,9 @@ Every source becomes the same list of records (plain dicts, MONAI datalist style
 never needs to know where the data came from. Each record holds ``image`` (absolute path), ``label`` (index into
 the configured classes), ``label_name``, ``participant_id``, ``session_id`` ("" when unknown), ``split``
 ("train", "val", "test" or "" when the source gives none) and any extra columns as given, except that
-columns named ``*_map`` or ``*_path`` hold paths and are made absolute like ``image``.
+columns named ``*_map`` or ``*_path`` hold paths and are made absolute like ``image``; no other value is
+taken as a path, whatever files sit beside the source. Validation adds ``content``
+(:class:`alz_monai.data.validate.ScanContent`: the hashes the persistent cache and the leakage guard reuse).
 
 All problems of a source are collected and raised together as one :class:`~alz_monai.errors.DataError`.
 """
@@ -22,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from monai.data import load_decathlon_datalist
 
 from alz_monai.data import bids
 from alz_monai.errors import DataError
@@ -43,6 +44,7 @@ _SPLIT_ALIASES = {
     "testing": "test",
 }
 RECORD_KEYS: tuple[str, ...] = ("image", "label", "label_name", "participant_id", "session_id", "split")
+CONTENT_KEY = "content"
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
 TABLE_DELIMITERS = {".csv": ",", ".tsv": "\t"}
 SCANS_TABLE_NAME = "scans.tsv"
@@ -209,13 +211,18 @@ def _entries_from_datalist(datalist_path: Path, problems: list[str]) -> list[_En
         return []
     base_dir = datalist_path.parent
     entries: list[_Entry] = []
+    entry_form = 'each entry must be an object like {"image": ..., "label": ...}'
     for key in present:
-        try:
-            items = load_decathlon_datalist(datalist_path, is_segmentation=False, data_list_key=key)
-        except TypeError as error:
-            problems.append(f"'{key}': {error}; each entry must be an object like {{\"image\": ..., \"label\": ...}}")
+        # read as written: MONAI's load_decathlon_datalist would turn every value naming an existing path (a label
+        # "AD" beside an AD/ folder, a participant_id beside its BIDS folder) into that path
+        items = content[key]
+        if not isinstance(items, list):
+            problems.append(f"'{key}' is a {type(items).__name__}, not a list; {entry_form}")
             continue
         for index, item in enumerate(items, start=1):
+            if not isinstance(item, dict):
+                problems.append(f"'{key}' entry {index} is a {type(item).__name__}, not an object; {entry_form}")
+                continue
             extras = {name: value for name, value in item.items() if name not in RECORD_KEYS}
             entries.append(
                 _Entry(

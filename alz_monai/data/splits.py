@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
-from alz_monai.data.records import SPLIT_NAMES, canonical_split
+from alz_monai.data.records import CONTENT_KEY, SPLIT_NAMES, canonical_split
 from alz_monai.errors import DataError, LeakageError
 
 logger = logging.getLogger(__name__)
@@ -117,8 +117,7 @@ def assign_splits(
     return assigned
 
 
-def check_no_leakage(records: Sequence[Record], source: str = "the split assignment") -> None:
-    """Raise :class:`LeakageError` naming every participant whose scans are in more than one split."""
+def _participant_problems(records: Sequence[Record]) -> list[str]:
     images: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for record in records:
         if record["split"]:
@@ -129,13 +128,46 @@ def check_no_leakage(records: Sequence[Record], source: str = "the split assignm
         if len(by_split) > 1:
             where = "; ".join(f"{split}: {', '.join(by_split[split])}" for split in SPLIT_NAMES if split in by_split)
             problems.append(f"participant {participant} is in {len(by_split)} splits ({where})")
-    if problems:
-        raise LeakageError(
-            problems,
-            source=source,
-            hint="Keep every scan of a participant in one split: fix the split column, split folders or datalist "
-            "lists (or delete the split table to recompute it), then run again.",
-        )
+    return problems
+
+
+def _content_problems(records: Sequence[Record]) -> list[str]:
+    """Scans with identical voxel data (hashed by validation) under different participants: a copy of one scan
+    filed as another person, which leaks whenever the two land in different splits."""
+    def where(record: Record) -> str:
+        return f"{record['participant_id']} ({record['split'] or 'no split'}: {record['image']})"
+
+    seen: dict[str, list[Record]] = defaultdict(list)
+    problems = []
+    for record in records:
+        content = record.get(CONTENT_KEY)
+        if content is None:
+            continue
+        copies = seen[content.voxel_sha256]
+        problems += [f"the same voxel data under participants {where(first)} and {where(record)}"
+                     for first in copies if first["participant_id"] != record["participant_id"]]
+        copies.append(record)
+    unchecked = sum(1 for record in records if record.get(CONTENT_KEY) is None)
+    if unchecked:
+        logger.info("%d of %d scans were not validated, so copies of them under other participants are not "
+                    "looked for", unchecked, len(records))
+    return problems
+
+
+def check_no_leakage(records: Sequence[Record], source: str = "the split assignment") -> None:
+    """Raise :class:`LeakageError` naming every participant whose scans are in more than one split, and every
+    pair of scans with identical voxel data under different participants (where validation hashed the voxels)."""
+    participant_problems = _participant_problems(records)
+    content_problems = _content_problems(records)
+    hints = []
+    if participant_problems:
+        hints.append("Keep every scan of a participant in one split: fix the split column, split folders or datalist "
+                     "lists (or delete the split table to recompute it)")
+    if content_problems:
+        hints.append("Remove each copied scan, or list it under the participant it belongs to")
+    if hints:
+        raise LeakageError(participant_problems + content_problems, source=source,
+                           hint="; ".join(hints) + ", then run again.")
 
 
 def write_split_table(records: Sequence[Record], path: str | os.PathLike[str]) -> None:

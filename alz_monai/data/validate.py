@@ -1,71 +1,140 @@
-"""Check every scan before training or evaluation, so a broken file fails the run up front with a clear message.
+"""Check every scan before training or evaluation, so a bad file fails the run up front with a clear message.
 
-A broken scan is reported, never replaced: silently training or scoring on blank volumes would bias results.
-Headers are checked before any voxel is read, so a corrupt header claiming an enormous volume costs nothing.
+A bad scan is reported, never replaced: silently training or scoring on blank volumes would bias results. The
+checks look at what the pipeline will compute, not only at what the file stores: voxels after the header's
+scaling (scl_slope, scl_inter) in float32, the pipeline's working type (MONAI's LoadImage casts nibabel's scaled
+data to it), the affine nibabel and MONAI use (the sform when sform_code > 0, else the qform when qform_code > 0,
+else one built from pixdim), and the foreground that ``ForegroundThreshold`` selects with the run's
+``foreground_fraction``. Each file is read once: the bytes are hashed (the persistent cache's key) and decoded
+from memory, and the float32 voxels are hashed (the leakage guard's content check).
+
+Errors (the run stops; fix or remove the scan):
+
+- missing, empty, unreadable, truncated or corrupt file; not one 3D volume; more voxels than ``max_voxels``;
+- pixdim voxel sizes that are not positive numbers;
+- an affine with NaN/Inf entries, or a singular one (zero, or axes that collapse): resampling is undefined;
+- voxel sizes of that affine outside ``VOXEL_SIZE_RANGE_MM`` (0.05 to 20 mm). In-vivo and ex-vivo brain MRI lie
+  well inside; sizes outside mean wrong units (xyzt_units in metres or microns) or a corrupt header, and
+  resampling to the bundle's pixdim would give a volume of a few voxels or an enormous one;
+- NaN or Inf voxels as stored, or Inf after scaling to float32;
+- values beyond +-``MAX_MAGNITUDE`` (7.9e28) in float32: preprocessing sums voxels in float32 (interpolation,
+  foreground mean), and such values make those sums overflow to Inf and the volume NaN (e.g. int16 data with
+  scl_slope 1e30);
+- a constant volume; no voxel above the foreground threshold (e.g. every value <= 0): cropping and normalisation
+  have nothing to work on.
+
+Warnings (logged and returned; the scan is used as it is):
+
+- sform_code and qform_code both 0: the header has no orientation, nibabel assumes one from pixdim alone, so left
+  and right may be swapped relative to other scans;
+- more than ``FULL_FOREGROUND_SHARE`` (99%) of the voxels above the foreground threshold (e.g. a constant positive
+  background): cropping keeps the whole field of view and the normalisation statistics include the background.
+
+Headers are checked before any voxel is decoded, so a corrupt header claiming an enormous volume costs nothing.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
+import io
 import logging
 import math
 import os
 import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import IO, Any
 
 import nibabel as nib
 import numpy as np
-from nibabel.analyze import AnalyzeHeader
 from nibabel.filebasedimages import ImageFileError
-from nibabel.openers import ImageOpener
 from nibabel.spatialimages import HeaderDataError
 from tqdm import tqdm
 
-from alz_monai.data.records import DEFAULT_CLASSES
+from alz_monai.data.records import CONTENT_KEY, DEFAULT_CLASSES
+from alz_monai.data.transforms import ForegroundThreshold
 from alz_monai.errors import DataError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_VOXELS = 1024**3
-_SLAB_VOXELS = 1 << 24  # voxels read at a time, bounding memory for large scans
-_GZIP_CHUNK_BYTES = 1 << 20
+DEFAULT_FOREGROUND_FRACTION = 0.1  # the bundles' foreground_fraction
+WORKING_DTYPE = np.float32
+MAX_MAGNITUDE = float(np.finfo(WORKING_DTYPE).max) / 2**32  # a float32 sum of 2^32 such values stays finite
+VOXEL_SIZE_RANGE_MM = (0.05, 20.0)
+FULL_FOREGROUND_SHARE = 0.99
+SINGULAR_RATIO = 1e-6  # smallest to largest singular value of the affine's 3x3 part
+_SLAB_VOXELS = 1 << 24  # voxels decoded at a time, bounding memory for large scans
+_SAMPLE_VOXELS = 1 << 18  # voxels sampled for the foreground threshold's percentile
+_HEADER_CLASSES = (nib.Nifti1Image, nib.Nifti2Image)
 _LOAD_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error)
 _REMOVE = "re-export it or remove it from the table"
+_TRUNCATED = "file is truncated (gzip stream ended early)"
 
 
-def _gzip_damage(path: str) -> str | None:
-    """Why a gzip file cannot be decompressed to its end, or None when it can."""
-    try:
-        with gzip.open(path, "rb") as stream:
-            while stream.read(_GZIP_CHUNK_BYTES):
-                pass
-    except EOFError:
-        return "file is truncated (gzip stream ended early)"
-    except (OSError, zlib.error) as error:
-        return f"gzip data is corrupt ({error})"
-    return None
+@dataclass(frozen=True)
+class ScanContent:
+    """What a scan held when validation read it: the file's stat, a hash of its bytes and of its float32 voxels.
+
+    ``size`` and ``mtime_ns`` tell later readers whether ``file_sha256`` still describes the file.
+    """
+
+    size: int
+    mtime_ns: int
+    file_sha256: str
+    voxel_sha256: str
 
 
-def _unreadable(path: str, error: BaseException) -> str:
-    damage = _gzip_damage(path) if path.lower().endswith(".gz") else None
-    if damage:
-        return f"{path}: {damage}; {_REMOVE}"
+@dataclass
+class _ScanCheck:
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    content: ScanContent | None = None
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """Problems per record, in record order, and copies of the records with their ``CONTENT_KEY`` set."""
+
+    records: list[dict[str, Any]]
+    record_errors: list[list[str]]
+    record_warnings: list[list[str]]
+
+    @property
+    def errors(self) -> list[str]:
+        return [problem for problems in self.record_errors for problem in problems]
+
+    @property
+    def warnings(self) -> list[str]:
+        return [problem for problems in self.record_warnings for problem in problems]
+
+
+def _read_error(path: str, error: BaseException) -> str:
+    if isinstance(error, EOFError):
+        return f"{path}: {_TRUNCATED}; {_REMOVE}"
+    if isinstance(error, (gzip.BadGzipFile, zlib.error)):
+        return f"{path}: gzip data is corrupt ({error}); {_REMOVE}"
     return f"{path}: cannot be read as a NIfTI image ({error}); {_REMOVE}"
 
 
-def _stored_voxel_sizes(path: str, image: Any) -> tuple[float, ...]:
-    """Voxel sizes as stored: on load nibabel silently turns zero sizes into 1 and negative ones positive."""
-    header = image.header
-    if isinstance(header, AnalyzeHeader):  # NIfTI-1/2 and Analyze
-        with ImageOpener(path) as stream:
-            header = type(header).from_fileobj(stream, check=False)
-    return tuple(float(size) for size in header.get_zooms()[:3])
+def _open_image(path: str, stream: IO[bytes]) -> tuple[Any, Any, IO[bytes]]:
+    """The NIfTI-1 or NIfTI-2 image in ``stream`` (decompressed like nibabel does, by the .gz suffix), its header
+    as stored (nibabel's checks silently repair some fields on load) and the stream the image reads from."""
+    if path.lower().endswith(".gz"):
+        stream = gzip.GzipFile(fileobj=stream, mode="rb")
+    start = stream.read(max(klass.header_class.sizeof_hdr for klass in _HEADER_CLASSES))
+    stream.seek(0)
+    for klass in _HEADER_CLASSES:
+        size = klass.header_class.sizeof_hdr
+        if len(start) >= size and klass.header_class.may_contain_header(start[:size]):
+            return klass.from_stream(stream), klass.header_class(start[:size], check=False), stream
+    raise ImageFileError("no NIfTI-1 or NIfTI-2 header at the start of the file")
 
 
-def _header_problems(path: str, image: Any, max_voxels: int) -> list[str]:
+def _header_problems(path: str, image: Any, stored_header: Any, max_voxels: int) -> list[str]:
     shape = tuple(int(size) for size in image.shape)
     problems = []
     if not (len(shape) == 3 or (len(shape) == 4 and shape[3] == 1)):
@@ -83,7 +152,7 @@ def _header_problems(path: str, image: Any, max_voxels: int) -> list[str]:
             f"{dtype}), more than max_voxels={max_voxels:,}; the header is probably corrupt: {_REMOVE} "
             "(or raise max_voxels if the scan really is that large)"
         )
-    zooms = _stored_voxel_sizes(path, image)
+    zooms = tuple(float(size) for size in stored_header.get_zooms()[:3])
     if not all(math.isfinite(size) and size > 0 for size in zooms):
         problems.append(
             f"{path}: voxel sizes {zooms} in the header must be positive numbers; fix pixdim in the header or "
@@ -92,57 +161,179 @@ def _header_problems(path: str, image: Any, max_voxels: int) -> list[str]:
     return problems
 
 
+def _affine_source(header: Any) -> str:
+    """Which header fields the affine nibabel uses comes from."""
+    for form in ("sform", "qform"):
+        code = int(header[f"{form}_code"])
+        if code > 0:
+            return f"the {form}, {form}_code {code}"
+    return "pixdim alone, sform_code and qform_code 0"
+
+
+def _affine_check(path: str, image: Any) -> _ScanCheck:
+    """Errors and warnings of the affine the pipeline will use; only called once pixdim is known to be valid."""
+    check = _ScanCheck()
+    header = image.header
+    source = _affine_source(header)
+    rotation_zoom = np.asarray(image.affine, dtype=np.float64)[:3, :3]
+    if not np.isfinite(image.affine).all():
+        check.errors.append(f"{path}: the affine (from {source}) has NaN or Inf entries; fix the header's "
+                            f"srow_x/y/z or quatern/qoffset fields or {_REMOVE}")
+        return check
+    singular_values = np.linalg.svd(rotation_zoom, compute_uv=False)
+    if singular_values[-1] <= SINGULAR_RATIO * singular_values[0]:
+        described = "zero" if singular_values[0] == 0 else "singular (its axes collapse onto a plane or line)"
+        check.errors.append(f"{path}: the affine (from {source}) is {described}; fix the header's orientation "
+                            f"(or set its code to 0 to use the other form) or {_REMOVE}")
+        return check
+    sizes = tuple(float(size) for size in np.linalg.norm(rotation_zoom, axis=0))
+    low, high = VOXEL_SIZE_RANGE_MM
+    if not all(low <= size <= high for size in sizes):
+        units = header.get_xyzt_units()[0]
+        check.errors.append(
+            f"{path}: voxel sizes {tuple(round(size, 6) for size in sizes)} (from {source}; units: {units}) are "
+            f"outside {low:g}-{high:g} mm, implausible for brain MRI; fix pixdim, the affine or xyzt_units in the "
+            f"header, or {_REMOVE}"
+        )
+    if int(header["sform_code"]) <= 0 and int(header["qform_code"]) <= 0:
+        orientation = "".join(nib.aff2axcodes(image.affine))
+        check.warnings.append(
+            f"{path}: sform_code and qform_code are 0, the header has no orientation; it is taken as {orientation} "
+            "from pixdim alone, so left and right may be swapped; re-export it with its orientation"
+        )
+    return check
+
+
 def _voxels_are(count: int) -> str:
     return "1 voxel is" if count == 1 else f"{count:,} voxels are"
 
 
-def _voxel_problems(path: str, image: Any) -> list[str]:
-    """Read the data fully, slab by slab, counting non-finite voxels and tracking the value range."""
+def _scaling(image: Any) -> str:
+    slope, inter = image.dataobj.slope, image.dataobj.inter
+    return "" if (slope, inter) == (1.0, 0.0) else f" after the header's scaling (scl_slope={slope:g}, scl_inter={inter:g})"
+
+
+@dataclass
+class _VoxelStats:
+    """Running statistics of the float32 voxels, gathered slab by slab."""
+
+    nan: int = 0
+    inf: int = 0
+    overflow: int = 0
+    low: float = math.inf
+    high: float = -math.inf
+    second: float = -math.inf  # the second largest voxel value (equal to ``high`` when that occurs twice)
+    samples: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, stored: np.ndarray, working: np.ndarray, sample_step: int) -> None:
+        if not np.isfinite(working).all():
+            stored_inf = int(np.isinf(stored).sum()) if stored.dtype.kind in "fc" else 0
+            self.nan += int(np.isnan(stored).sum()) if stored.dtype.kind in "fc" else 0
+            self.inf += stored_inf
+            self.overflow += int(np.isinf(working).sum()) - stored_inf
+            return
+        flat = working.ravel(order="K")
+        position = int(flat.argmax())
+        rest = [float(part.max()) for part in (flat[:position], flat[position + 1 :]) if part.size]
+        self.high, self.second = sorted([self.high, self.second, float(flat[position]), *rest])[:-3:-1]
+        self.low = min(self.low, float(flat.min()))
+        self.samples.append(flat[::sample_step])
+
+    @property
+    def finite(self) -> bool:
+        return not (self.nan or self.inf or self.overflow)
+
+
+def _voxel_check(path: str, image: Any, foreground_fraction: float) -> tuple[list[str], list[str], str | None]:
+    """Decode the voxels slab by slab as the pipeline will see them; errors, warnings and the float32 hash."""
     shape = image.shape
     slab_depth = max(1, _SLAB_VOXELS // (shape[0] * shape[1]))
-    nan_count = inf_count = 0
-    low, high = math.inf, -math.inf
+    sample_step = max(1, math.prod(shape[:3]) // _SAMPLE_VOXELS)
+    stats = _VoxelStats()
+    digest = hashlib.sha256(repr(tuple(shape[:3])).encode())
     try:
         for start in range(0, shape[2], slab_depth):
             index = (slice(None), slice(None), slice(start, start + slab_depth)) + (0,) * (len(shape) - 3)
-            block = np.asarray(image.dataobj[index])
-            if block.dtype.kind in "fc":
-                nan_mask, inf_mask = np.isnan(block), np.isinf(block)
-                nan_count += int(nan_mask.sum())
-                inf_count += int(inf_mask.sum())
-                block = block[~(nan_mask | inf_mask)]
-            if block.size:
-                low, high = min(low, block.min().item()), max(high, block.max().item())
+            stored = np.asarray(image.dataobj[index])
+            with np.errstate(over="ignore", invalid="ignore"):
+                working = np.asfortranarray(stored, dtype=WORKING_DTYPE)
+            stats.add(stored, working, sample_step)
+            digest.update(working.T)  # the Fortran-ordered slab as bytes: slabs concatenate to the whole volume
     except EOFError:
-        return [f"{path}: file is truncated (gzip stream ended early); {_REMOVE}"]
+        return [f"{path}: {_TRUNCATED}; {_REMOVE}"], [], None
     except (OSError, zlib.error, ValueError) as error:
-        return [f"{path}: voxel data cannot be read, the file is probably truncated ({error}); {_REMOVE}"]
-    problems = []
-    if nan_count:
-        problems.append(f"{path}: {_voxels_are(nan_count)} NaN; {_REMOVE}")
-    if inf_count:
-        problems.append(f"{path}: {_voxels_are(inf_count)} infinite (Inf); {_REMOVE}")
-    if low == high:
-        problems.append(f"{path}: every voxel is {low:g} (constant volume, no image content); {_REMOVE}")
-    return problems
+        return [f"{path}: voxel data cannot be read, the file is probably truncated ({error}); {_REMOVE}"], [], None
+    if not stats.finite:
+        scaling = _scaling(image)
+        errors = []
+        if stats.nan:
+            errors.append(f"{path}: {_voxels_are(stats.nan)} NaN{scaling}; {_REMOVE}")
+        if stats.inf:
+            errors.append(f"{path}: {_voxels_are(stats.inf)} infinite (Inf){scaling}; {_REMOVE}")
+        if stats.overflow:
+            errors.append(f"{path}: {_voxels_are(stats.overflow)} beyond the float32 range{scaling} and become Inf "
+                          f"in preprocessing; fix scl_slope/scl_inter in the header or {_REMOVE}")
+        return errors, [], None
+    if stats.low == stats.high:
+        return [f"{path}: every voxel is {stats.low:g} (constant volume, no image content); {_REMOVE}"], [], None
+    magnitude = max(abs(stats.low), abs(stats.high))
+    if magnitude > MAX_MAGNITUDE:
+        return [f"{path}: values reach {magnitude:.3g}{_scaling(image)}, beyond +-{MAX_MAGNITUDE:.2g} where "
+                f"float32 sums in preprocessing overflow and give NaN; fix scl_slope/scl_inter in the header or "
+                f"{_REMOVE}"], [], None
+    sample = np.concatenate(stats.samples)
+    selector = ForegroundThreshold(foreground_fraction)
+    threshold = selector.threshold(sample)
+    described = (f"the foreground threshold {threshold:.4g} ({foreground_fraction:g} x the 99.5th percentile, "
+                 f"foreground_fraction={foreground_fraction:g})")
+    if stats.second <= threshold:
+        count = "no voxel is" if stats.high <= threshold else "only 1 voxel is"
+        return [f"{path}: {count} above {described}, so there is no head to crop and normalise; check the "
+                f"intensities (e.g. all values <= 0) or {_REMOVE}"], [], digest.hexdigest()
+    share = float(np.mean(sample > threshold))
+    warnings = []
+    if share > FULL_FOREGROUND_SHARE:
+        warnings.append(f"{path}: {share:.1%} of the voxels are above {described}, so the whole field of view is "
+                        "foreground (e.g. a constant positive background); cropping keeps all of it and the "
+                        "normalisation includes the background; lower foreground_fraction or re-export it with a "
+                        "zero background")
+    return [], warnings, digest.hexdigest()
 
 
-def _scan_problems(path: str, *, read_voxels: bool, max_voxels: int) -> list[str]:
+def _scan_check(path: str, *, read_voxels: bool, max_voxels: int, foreground_fraction: float) -> _ScanCheck:
     """Problems of one file, from cheapest to most expensive check; stops where further checks are meaningless."""
     if not os.path.exists(path):
-        return [f"{path}: file does not exist; check the path or remove it from the table"]
+        return _ScanCheck([f"{path}: file does not exist; check the path or remove it from the table"])
     if not os.path.isfile(path):
-        return [f"{path}: is not a file; point the table at the scan file itself"]
-    if os.path.getsize(path) == 0:
-        return [f"{path}: file is empty (0 bytes); {_REMOVE}"]
-    try:
-        image = nib.load(path, mmap=False, keep_file_open=True)  # slabs read on from where the last one ended
-    except _LOAD_ERRORS as error:
-        return [_unreadable(path, error)]
-    problems = _header_problems(path, image, max_voxels)
-    if problems or not read_voxels:
-        return problems
-    return _voxel_problems(path, image)
+        return _ScanCheck([f"{path}: is not a file; point the table at the scan file itself"])
+    with open(path, "rb") as handle:
+        status = os.fstat(handle.fileno())
+        if status.st_size == 0:
+            return _ScanCheck([f"{path}: file is empty (0 bytes); {_REMOVE}"])
+        data = handle.read() if read_voxels else None
+        try:
+            image, stored_header, stream = _open_image(path, io.BytesIO(data) if data is not None else handle)
+        except _LOAD_ERRORS as error:
+            return _ScanCheck([_read_error(path, error)])
+        header_problems = _header_problems(path, image, stored_header, max_voxels)
+        if header_problems:
+            return _ScanCheck(header_problems)
+        check = _affine_check(path, image)
+        if data is None:
+            return check
+    errors, warnings, voxel_sha256 = _voxel_check(path, image, foreground_fraction)
+    if not errors and path.lower().endswith(".gz"):
+        try:  # reading to the end checks the gzip trailer's CRC and length
+            while stream.read(1 << 20):
+                pass
+        except (EOFError, OSError, zlib.error) as error:
+            errors.append(_read_error(path, error))
+    check.errors += errors
+    check.warnings += warnings
+    if voxel_sha256 is not None:
+        check.content = ScanContent(status.st_size, status.st_mtime_ns, hashlib.sha256(data).hexdigest(),
+                                    voxel_sha256)
+    return check
 
 
 def _label_problem(record: dict[str, Any], classes: Sequence[str]) -> str | None:
@@ -153,56 +344,85 @@ def _label_problem(record: dict[str, Any], classes: Sequence[str]) -> str | None
     return f"{record['image']}: label {label!r} is unknown (classes: {choices}); fix the label in the source"
 
 
-def validate_records(
+def check_records(
     records: Sequence[dict[str, Any]],
     classes: Sequence[str] = DEFAULT_CLASSES,
     *,
     read_voxels: bool = True,
     max_voxels: int = DEFAULT_MAX_VOXELS,
+    foreground_fraction: float = DEFAULT_FOREGROUND_FRACTION,
     progress: bool = True,
     labelled: bool = True,
-) -> list[str]:
-    """Every problem of every record (labels, duplicate paths, files, headers, voxels), in record order.
+) -> ValidationReport:
+    """Every problem of every record (labels, duplicate paths, files, headers, affines, voxels) in one pass.
 
-    ``labelled=False`` skips the label check, for scans to run inference on.
+    ``labelled=False`` skips the label check, for scans to run inference on; ``foreground_fraction`` is the
+    bundle's (see ``ForegroundThreshold``).
     """
     first_image_of: dict[str, str] = {}
     for record in records:
         first_image_of.setdefault(os.path.realpath(record["image"]), record["image"])
-    check = partial(_scan_problems, read_voxels=read_voxels, max_voxels=max_voxels)
+    check = partial(_scan_check, read_voxels=read_voxels, max_voxels=max_voxels,
+                    foreground_fraction=foreground_fraction)
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = pool.map(check, first_image_of.values())
         progress_bar = tqdm(
             results, total=len(first_image_of), desc="Checking scans", unit="scan", disable=not progress
         )
-        file_problems = dict(zip(first_image_of, progress_bar))
-    problems: list[str] = []
+        file_checks = dict(zip(first_image_of, progress_bar))
+    annotated, record_errors, record_warnings = [], [], []
     first_position: dict[str, int] = {}
     for position, record in enumerate(records, start=1):
         label_problem = _label_problem(record, classes) if labelled else None
-        if label_problem:
-            problems.append(label_problem)
+        errors = [label_problem] if label_problem else []
+        warnings: list[str] = []
         real_path = os.path.realpath(record["image"])
+        content = None
         if real_path in first_position:
-            problems.append(
-                f"{record['image']}: listed twice (records {first_position[real_path]} and {position}); "
-                "remove the duplicate"
-            )
-            continue
-        first_position[real_path] = position
-        problems.extend(file_problems[real_path])
-    return problems
+            errors.append(f"{record['image']}: listed twice (records {first_position[real_path]} and {position}); "
+                          "remove the duplicate")
+        else:
+            first_position[real_path] = position
+            file_check = file_checks[real_path]
+            errors += file_check.errors
+            warnings += file_check.warnings
+            content = file_check.content
+        annotated.append({**record, CONTENT_KEY: content} if content else dict(record))
+        record_errors.append(errors)
+        record_warnings.append(warnings)
+    return ValidationReport(annotated, record_errors, record_warnings)
+
+
+def log_warnings(report: ValidationReport) -> None:
+    """One warning listing every scan that is used despite a doubtful property."""
+    if report.warnings:
+        count = len(report.warnings)
+        logger.warning("%d warning%s about the %d input scans (they are used as they are):\n%s", count,
+                       "" if count == 1 else "s", len(report.records),
+                       "\n".join(f"  - {warning}" for warning in report.warnings))
+
+
+def validate_records(
+    records: Sequence[dict[str, Any]], classes: Sequence[str] = DEFAULT_CLASSES, **options: Any
+) -> list[str]:
+    """The errors :func:`check_records` finds, in record order; its warnings are logged."""
+    report = check_records(records, classes, **options)
+    log_warnings(report)
+    return report.errors
 
 
 def ensure_valid(
     records: Sequence[dict[str, Any]], classes: Sequence[str] = DEFAULT_CLASSES, **options: Any
-) -> None:
-    """Raise one :class:`DataError` listing every problem :func:`validate_records` finds."""
-    problems = validate_records(records, classes, **options)
-    if problems:
+) -> list[dict[str, Any]]:
+    """Raise one :class:`DataError` listing every error :func:`check_records` finds; else the records with their
+    ``CONTENT_KEY`` set (the hashes the cache and the leakage guard reuse). Warnings are logged."""
+    report = check_records(records, classes, **options)
+    log_warnings(report)
+    if report.errors:
         raise DataError(
-            problems,
+            report.errors,
             source=f"the {len(records)} input scans",
             hint="Fix or remove the listed scans (do not replace them with blank volumes), then run again.",
         )
     logger.info("All %d scans passed validation", len(records))
+    return report.records
