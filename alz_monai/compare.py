@@ -8,22 +8,19 @@ several sessions their p-values are somewhat optimistic (the bootstrap intervals
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
-
 from alz_monai import metrics, stats
 from alz_monai.errors import DataError
-from alz_monai.fileio import atomic_write_json, atomic_write_text
+from alz_monai.fileio import atomic_write_json
+from alz_monai.layout import EVALUATION_DIRNAME, REPORTS_DIRNAME
+from alz_monai.predictions import Predictions, load_predictions, write_predictions  # noqa: F401 (re-exported until callers move)
 from alz_monai.reports import SUMMARY_METRICS, format_metrics_table
 
 __all__ = [
-    "Predictions",
     "align_predictions",
     "add_compare_parser",
     "compare_predictions",
@@ -31,109 +28,14 @@ __all__ = [
     "evaluate_predictions",
     "find_predictions",
     "format_comparison_table",
-    "load_predictions",
-    "write_predictions",
 ]
 
 logger = logging.getLogger(__name__)
 
-PROBABILITY_PREFIX = "prob_"
-REQUIRED_COLUMNS = ("image", "true_label")
 #: Metrics given a bootstrap confidence interval: the summary metrics the bootstrap can resample.
 INTERVAL_METRICS = tuple(name for name in SUMMARY_METRICS if name in stats.BOOTSTRAP_METRICS)
 # Longest list of scans quoted in one mismatch message; the rest are counted.
 _MAX_LISTED = 10
-
-
-@dataclasses.dataclass(frozen=True)
-class Predictions:
-    """One run's scored scans, as in a ``<split>_predictions.csv``; ``y_true`` indexes ``class_names``."""
-
-    source: str
-    class_names: tuple[str, ...]
-    images: tuple[str, ...]
-    participants: tuple[str, ...]
-    sessions: tuple[str, ...]
-    y_true: np.ndarray
-    probs: np.ndarray
-
-    @property
-    def predicted(self) -> np.ndarray:
-        return self.probs.argmax(axis=1)
-
-    @property
-    def groups(self) -> tuple[str, ...] | None:
-        """Participant of every scan for the bootstrap, or None (scans resampled alone) when any is unknown."""
-        return self.participants if all(self.participants) else None
-
-    def reordered(self, images: Sequence[str]) -> Predictions:
-        """The same predictions in the order of ``images`` (which must be exactly this set of scans)."""
-        position = {image: index for index, image in enumerate(self.images)}
-        order = np.array([position[image] for image in images], dtype=np.int64)
-        return dataclasses.replace(
-            self,
-            images=tuple(images),
-            participants=tuple(self.participants[i] for i in order),
-            sessions=tuple(self.sessions[i] for i in order),
-            y_true=self.y_true[order],
-            probs=self.probs[order],
-        )
-
-
-def load_predictions(path: str | Path) -> Predictions:
-    """Read a predictions CSV written by ``ClassificationReport`` (or :func:`write_predictions`), checked."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; evaluate the run on this split first.")
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    class_names = tuple(column[len(PROBABILITY_PREFIX):] for column in table.columns
-                        if column.startswith(PROBABILITY_PREFIX))
-    problems = [f"missing column {column!r}" for column in REQUIRED_COLUMNS if column not in table.columns]
-    if len(class_names) < 2:
-        problems.append(
-            f"found {len(class_names)} {PROBABILITY_PREFIX}<class> column(s), need one per class (2 or more)")
-    if problems:
-        raise DataError(problems, source=str(path),
-                        hint="Pass a <split>_predictions.csv written by a training or evaluation run.")
-    # Data rows start on line 2 of the file.
-    for image, rows in table.groupby("image", sort=False).groups.items():
-        if len(rows) > 1:
-            problems.append(f"{image}: listed on lines {', '.join(str(row + 2) for row in rows)}")
-    unknown = ~table["true_label"].isin(class_names)
-    problems += [f"line {row + 2}: true_label {label!r} is not one of {list(class_names)}"
-                 for row, label in table.loc[unknown, "true_label"].items()]
-    probability_columns = [PROBABILITY_PREFIX + name for name in class_names]
-    probs = table[probability_columns].apply(pd.to_numeric, errors="coerce")
-    for row in np.flatnonzero(probs.isna().any(axis=1).to_numpy()):
-        problems.append(f"line {row + 2}: probabilities {table.loc[row, probability_columns].tolist()} are not numbers")
-    if problems:
-        raise DataError(problems, source=str(path), hint="Fix the listed rows or rerun the evaluation.")
-    label_index = {name: index for index, name in enumerate(class_names)}
-    optional = {column: tuple(table[column]) if column in table.columns else ("",) * len(table)
-                for column in ("participant_id", "session_id")}
-    return Predictions(
-        source=str(path),
-        class_names=class_names,
-        images=tuple(table["image"]),
-        participants=optional["participant_id"],
-        sessions=optional["session_id"],
-        y_true=table["true_label"].map(label_index).to_numpy(dtype=np.int64),
-        probs=probs.to_numpy(dtype=np.float64),
-    )
-
-
-def write_predictions(path: str | Path, predictions: Predictions) -> None:
-    """Write predictions in ``ClassificationReport``'s CSV layout, atomically."""
-    table = pd.DataFrame({
-        "participant_id": predictions.participants,
-        "session_id": predictions.sessions,
-        "image": predictions.images,
-        "true_label": [predictions.class_names[i] for i in predictions.y_true],
-        "predicted_label": [predictions.class_names[i] for i in predictions.predicted],
-    })
-    for index, name in enumerate(predictions.class_names):
-        table[PROBABILITY_PREFIX + name] = predictions.probs[:, index]
-    atomic_write_text(path, table.to_csv(index=False, float_format="%.6f", lineterminator="\n"))
 
 
 def _listed(images: Sequence[str]) -> str:
@@ -232,7 +134,7 @@ def find_predictions(run: str | Path, split: str = "test") -> Path:
     if run.is_file():
         return run
     name = f"{split}_predictions.csv"
-    candidates = [run / "reports" / name, run / "evaluation" / split / name]
+    candidates = [run / REPORTS_DIRNAME / name, run / EVALUATION_DIRNAME / split / name]
     found = [path for path in candidates if path.is_file()]
     if not found:
         raise FileNotFoundError(

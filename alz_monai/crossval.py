@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from alz_monai.compare import Predictions, align_predictions, evaluate_predictions, load_predictions, write_predictions
+from alz_monai.compare import align_predictions, evaluate_predictions
+from alz_monai.predictions import Predictions, load_predictions, write_predictions
 from alz_monai.data.splits import SPLIT_TABLE_NAME, read_split_table, write_split_table
 from alz_monai.errors import LeakageError
 from alz_monai.fileio import atomic_write_json

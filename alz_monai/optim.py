@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -52,10 +52,17 @@ def build_scheduler(
     min_lr_ratio: float = 0.0,
     plateau_patience: int = 5,
     plateau_mode: str = "max",
+    restarts: Sequence[int] = (),
 ) -> LRScheduler | ReduceLROnPlateau:
     """An epoch-level schedule with ``warmup_epochs`` of linear warm-up.
 
     ``plateau`` is stepped with the validation key metric (``LrScheduleHandler(step_transform=...)``).
+    ``restarts`` are epochs (0-based) at which the cosine schedule starts a new cycle at the base learning rate
+    (a warm restart, Loshchilov & Hutter 2017, without warm-up), each cycle ending at the next restart or at
+    ``num_epochs``. A resumed run that is given more epochs gets one at its resume epoch, so its learning rate
+    follows, for epoch ``e`` of the cycle ``[s, t)``: ``lr * (min_lr_ratio + (1 - min_lr_ratio) * (1 +
+    cos(pi * (e - s) / (t - s))) / 2)``; it never trains an epoch at learning rate 0. Other schedules ignore it:
+    a step or constant schedule simply goes on.
     """
     name = name.lower()
     if name not in SCHEDULER_NAMES:
@@ -66,11 +73,19 @@ def build_scheduler(
         return WarmupPlateau(optimizer, warmup_epochs=warmup_epochs, mode=plateau_mode, factor=gamma,
                              patience=plateau_patience)
 
+    bad = [epoch for epoch in restarts if not warmup_epochs < epoch < num_epochs]
+    if bad:
+        raise ConfigError(f"lr_restarts {bad} must lie after the warm-up ({warmup_epochs}) and before num_epochs "
+                          f"({num_epochs})")
+    cycle_starts = [warmup_epochs, *sorted(set(restarts))]
+
     def factor(epoch: int) -> float:
         if epoch < warmup_epochs:
             return (epoch + 1) / (warmup_epochs + 1)
         if name == "cosine":
-            progress = (epoch - warmup_epochs) / max(num_epochs - warmup_epochs, 1)
+            start = max(s for s in cycle_starts if s <= epoch)
+            end = min([s for s in cycle_starts if s > epoch] + [num_epochs])
+            progress = (epoch - start) / max(end - start, 1)
             return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
         if name == "step":
             return gamma ** ((epoch - warmup_epochs) // step_size)

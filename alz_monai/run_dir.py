@@ -10,15 +10,22 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import time
 from pathlib import Path
 from types import TracebackType
 
 from alz_monai.errors import AlzMonaiError
-from alz_monai.utils import parse_flag
+from alz_monai.layout import (
+    CHECKPOINTS_DIRNAME,
+    LATEST_CHECKPOINT_NAME,
+    LOCK_NAME,
+    REPORTS_DIRNAME,
+    STALE_MARKER_NAME,
+    SUMMARY_NAME,
+    TENSORBOARD_DIRNAME,
+)
 
 __all__ = [
-    "CHECKPOINTS_DIRNAME",
-    "LATEST_CHECKPOINT_NAME",
     "RunDirError",
     "RunLock",
     "latest_checkpoint",
@@ -30,13 +37,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINTS_DIRNAME = "checkpoints"
-LATEST_CHECKPOINT_NAME = "checkpoint_latest.pt"
-LOCK_FILENAME = ".lock"
 # The temporary files of alz_monai.fileio.atomic_open: a save cut short by a kill leaves one behind.
 PARTIAL_SAVE_GLOB = ".*.tmp"
-# Entries whose presence means the folder already holds a run (besides a non-empty checkpoints/ folder).
-RUN_MARKERS = ("tensorboard", "summary_all.json")
+# What a run that stopped before its first checkpoint leaves behind: set aside when the folder is reused.
+STOPPED_RUN_ENTRIES = (TENSORBOARD_DIRNAME, REPORTS_DIRNAME)
 
 
 class RunDirError(AlzMonaiError, RuntimeError):
@@ -52,7 +56,7 @@ class RunLock:
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
-        self.lock_path = run_dir / LOCK_FILENAME
+        self.lock_path = run_dir / LOCK_NAME
         try:
             self._handle = open(self.lock_path, "a+", encoding="utf-8")  # noqa: SIM115 (held for the lock's life)
         except OSError as error:
@@ -103,25 +107,34 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return path if path.is_file() else None
 
 
-def _holds_run(run_dir: Path) -> bool:
+def _has_checkpoint(run_dir: Path) -> bool:
     checkpoints = run_dir / CHECKPOINTS_DIRNAME
-    if checkpoints.is_dir() and any(checkpoints.iterdir()):
-        return True
-    return any((run_dir / marker).exists() for marker in RUN_MARKERS)
+    return checkpoints.is_dir() and any(checkpoints.glob("*.pt"))
 
 
-def prepare_run_dir(output_dir: str | os.PathLike, resume: bool) -> RunLock:
+def _set_aside_stopped_run(run_dir: Path) -> None:
+    """Keep what a run that stopped before its first checkpoint wrote (its curves), out of the new run's way."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for name in STOPPED_RUN_ENTRIES:
+        entry = run_dir / name
+        if entry.exists():
+            entry.rename(run_dir / f"{name}.stopped-{stamp}")
+            logger.warning("the earlier run in %s stopped before its first checkpoint: its %s/ is kept as %s.stopped-%s",
+                           run_dir, name, name, stamp)
+
+
+def prepare_run_dir(output_dir: str | os.PathLike, resume: bool, resume_from: str = LATEST_CHECKPOINT_NAME) -> RunLock:
     """Create ``output_dir`` if needed, check it suits a new or resumed run, and lock it. A resumed run's
-    folder is also cleared of checkpoint saves that a kill cut short.
+    folder is also cleared of checkpoint saves that a kill cut short. A folder whose run stopped before its first
+    checkpoint is never stuck: a new or resumed run restarts there (its earlier curves are set aside).
 
     Raises:
-        RunDirError: ``resume`` is not a flag (see :func:`parse_flag`), the folder cannot be created or
-            written, holds a run while ``resume`` is False, lacks ``checkpoints/checkpoint_latest.pt`` while
-            ``resume`` is True, or another process holds it.
+        RunDirError: the folder cannot be created or written, holds a run (a checkpoint or a summary) while
+            ``resume`` is False, lacks ``checkpoints/<resume_from>`` while ``resume`` is True and other checkpoints
+            exist, or another process holds it.
 
     Under multi-GPU training call it on rank 0 only: every other rank would find the folder locked.
     """
-    resume = parse_flag("resume", resume)
     run_dir = Path(output_dir).expanduser().absolute()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -131,21 +144,24 @@ def prepare_run_dir(output_dir: str | os.PathLike, resume: bool) -> RunLock:
         ) from error
     lock = RunLock(run_dir)
     try:
-        if resume and latest_checkpoint(run_dir) is None:
+        if resume and _has_checkpoint(run_dir) and not (run_dir / CHECKPOINTS_DIRNAME / resume_from).is_file():
             raise RunDirError(
-                f"cannot resume: {run_dir / CHECKPOINTS_DIRNAME / LATEST_CHECKPOINT_NAME} does not exist; "
-                "pass --resume false to start a new run, in a new or empty --output_dir"
+                f"cannot resume: {run_dir / CHECKPOINTS_DIRNAME / resume_from} does not exist; pass --resume_from "
+                "with one of the files in checkpoints/, or --resume false in a new --output_dir"
             )
-        if not resume and _holds_run(run_dir):
+        if not resume and (_has_checkpoint(run_dir) or (run_dir / SUMMARY_NAME).exists()):
             raise RunDirError(
                 f"{run_dir} already holds a run; pass --resume true to continue it, or choose a new --output_dir"
             )
     except RunDirError:
         lock.release()
         raise
-    if resume:
+    if not _has_checkpoint(run_dir):
+        _set_aside_stopped_run(run_dir)
+    else:
         _remove_partial_saves(run_dir / CHECKPOINTS_DIRNAME)
-    logger.info("%s run in %s (locked by pid %d)", "resuming" if resume else "starting", run_dir, os.getpid())
+    resuming = resume and _has_checkpoint(run_dir)
+    logger.info("%s run in %s (locked by pid %d)", "resuming" if resuming else "starting", run_dir, os.getpid())
     return lock
 
 
@@ -166,20 +182,20 @@ def require_file(path: str | os.PathLike, what: str) -> str:
 
 def refuse_existing(path: str | os.PathLike, overwrite: bool) -> None:
     """Refuse to replace a file a user produced unless ``overwrite`` is set."""
-    overwrite = parse_flag("overwrite", overwrite)
     if Path(path).exists() and not overwrite:
         raise RunDirError(f"{path} already exists; pass --overwrite true to replace it, or choose another path")
 
 
 def prepare_report_dir(report_dir: str | os.PathLike, overwrite: bool) -> RunLock:
     """Create and lock a folder for an evaluation's reports; a non-empty one is kept unless ``overwrite``."""
-    overwrite = parse_flag("overwrite", overwrite)
     report_dir = Path(report_dir).expanduser().absolute()
-    if report_dir.is_dir() and any(p.name != LOCK_FILENAME for p in report_dir.iterdir()) and not overwrite:
+    if report_dir.is_dir() and any(p.name != LOCK_NAME for p in report_dir.iterdir()) and not overwrite:
         raise RunDirError(f"{report_dir} already holds reports; pass --overwrite true to replace them, or choose "
                           "another --eval_split or --output_dir")
     try:
         report_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise RunDirError(f"cannot create {report_dir} ({error.strerror}); choose another --output_dir") from error
-    return RunLock(report_dir)
+    lock = RunLock(report_dir)
+    (report_dir / STALE_MARKER_NAME).unlink(missing_ok=True)  # the reports about to be written are current
+    return lock

@@ -17,15 +17,18 @@ from ignite.engine import Engine, Events
 
 from alz_monai.fileio import atomic_torch_save, atomic_write_json
 from alz_monai.handlers.events import RunEvents, register_run_events
-from alz_monai.run_dir import LATEST_CHECKPOINT_NAME
+from alz_monai.layout import (
+    BEST_METRIC_NAME,
+    BEST_MODEL_NAME,
+    FINAL_CHECKPOINT_NAME,
+    LATEST_CHECKPOINT_NAME,
+    epoch_checkpoint_name,
+)
 
 __all__ = ["GradScalerState", "RunCheckpointer", "trainer_state_entries", "unwrap_network"]
 
 logger = logging.getLogger(__name__)
 
-FINAL_CHECKPOINT_NAME = "checkpoint_final.pt"
-BEST_MODEL_NAME = "model_best.pt"
-BEST_METRIC_NAME = "best_metric.json"
 KEY_METRIC_MODES = ("max", "min")
 
 
@@ -34,10 +37,6 @@ def unwrap_network(network: torch.nn.Module) -> torch.nn.Module:
     if isinstance(network, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
         return network.module
     return network
-
-
-def epoch_checkpoint_name(epoch: int) -> str:
-    return f"checkpoint_epoch={epoch}.pt"
 
 
 def _snapshot_state(value: Any) -> Any:

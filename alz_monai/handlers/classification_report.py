@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import csv
-import io
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,9 +14,11 @@ from ignite.engine import Engine, Events
 from monai.utils import CommonKeys, evenly_divisible_all_gather
 
 from alz_monai import metrics, plots, stats
-from alz_monai.data.dataset import PATH_KEY
-from alz_monai.fileio import atomic_write_json, atomic_write_text
+from alz_monai.fileio import atomic_write_json
 from alz_monai.handlers.events import RunEvents, register_run_events
+from alz_monai.layout import PATH_KEY
+from alz_monai.predictions import Predictions, check_finite, write_predictions
+from alz_monai.run_config import describe_model
 
 __all__ = ["ClassificationReport"]
 
@@ -38,7 +39,9 @@ class ClassificationReport:
 
     ``artifacts`` chooses when files and figures are written: ``"on_best"`` (validation: when the
     checkpointer fires ``RunEvents.BEST_METRIC_IMPROVED``, as ``best_val_*``), ``"always"`` (test and
-    evaluation runs), or ``"never"``.
+    evaluation runs), or ``"never"``. ``model_path`` names the model evaluated in every report (JSON ``model``,
+    CSV columns, TensorBoard text): with ``"on_best"`` the model of the current trainer epoch, otherwise the
+    checkpoint file with the training epoch it holds.
     """
 
     def __init__(
@@ -52,6 +55,7 @@ class ClassificationReport:
         bootstrap_resamples: int = 0,
         calibration_bins: int = 15,
         seed: int = 0,
+        model_path: str | Path | None = None,
     ) -> None:
         if artifacts not in ("on_best", "always", "never"):
             raise ValueError(f"artifacts must be 'on_best', 'always' or 'never', got {artifacts!r}")
@@ -64,6 +68,7 @@ class ClassificationReport:
         self.bootstrap_resamples = bootstrap_resamples
         self.calibration_bins = calibration_bins
         self.seed = seed
+        self.model_path = model_path
         self.report: dict[str, Any] | None = None
         self._reset()
 
@@ -106,11 +111,16 @@ class ClassificationReport:
         probs, labels, meta = self._gather()
         if labels.numel() == 0:
             raise RuntimeError(f"{self.prefix}: the evaluator produced no predictions; is the {self.prefix} split empty?")
+        predictions = Predictions(source=f"the {self.prefix} split", class_names=tuple(self.class_names),
+                                  images=tuple(meta["image"]), participants=tuple(meta["participant_id"]),
+                                  sessions=tuple(meta["session_id"]), y_true=labels.numpy(),
+                                  probs=probs.numpy().astype(float))
+        check_finite(predictions)  # a scan whose preprocessing gave NaN is named here, not as a metric error
         report = metrics.classification_report(labels.numpy(), probs.numpy(), self.class_names)
         report["expected_calibration_error"] = metrics.expected_calibration_error(
             labels.numpy(), probs.numpy(), n_bins=self.calibration_bins)
         self.report = report
-        self._predictions = (labels, probs, meta)
+        self._predictions = predictions
         scalars = metrics.scalar_metrics(report)
         engine.state.metrics.update(scalars)
         step = self.global_step_transform(engine.state.epoch)
@@ -122,6 +132,13 @@ class ClassificationReport:
                     self.summary_writer.add_scalar(f"{self.prefix}/{name}", scalars[name], step)
             self.summary_writer.flush()
 
+    def _model(self, engine: Engine) -> dict[str, Any] | None:
+        if self.model_path is None:
+            return None
+        if self.artifacts == "on_best":
+            return {"checkpoint": str(Path(self.model_path).absolute()), "training_epoch": engine.state.epoch}
+        return describe_model(self.model_path)
+
     def write_artifacts(self, engine: Engine) -> None:
         """JSON reports, predictions CSV and figures (PNG and TensorBoard) of the last evaluation."""
         if self.report is None or idist.get_rank() != 0:
@@ -129,31 +146,29 @@ class ClassificationReport:
         name = "best_val" if self.artifacts == "on_best" else self.prefix
         out = self.output_dir
         out.mkdir(parents=True, exist_ok=True)
-        labels, probs, meta = self._predictions
-        y_true, y_prob = labels.numpy(), probs.numpy()
+        predictions = self._predictions
+        y_true, y_prob = predictions.y_true, predictions.probs
         report = dict(self.report)
-        report["epoch"] = self.global_step_transform(engine.state.epoch)
+        model = self._model(engine)
+        if model is not None:
+            report["model"] = model
+            predictions = dataclasses.replace(predictions, checkpoint=model["checkpoint"],
+                                              training_epoch=model["training_epoch"])
+        step = model["training_epoch"] if model and model["training_epoch"] is not None else engine.state.epoch
+        if self.artifacts == "on_best":
+            report["epoch"] = self.global_step_transform(engine.state.epoch)
         if self.bootstrap_resamples > 0:
             report["confidence_intervals"] = stats.bootstrap_ci(
-                y_true, y_prob, self.class_names, groups=meta["participant_id"] or None,
+                y_true, y_prob, self.class_names, groups=predictions.groups,
                 n_resamples=self.bootstrap_resamples, seed=self.seed)
         atomic_write_json(out / f"{name}_metrics.json", metrics.to_jsonable(report))
         atomic_write_json(out / f"{name}_per_class_metrics.json", metrics.to_jsonable(report["per_class"]))
-        atomic_write_text(out / f"{name}_predictions.csv", self._predictions_csv(y_true, y_prob, meta))
-        self._write_figures(name, y_true, y_prob, report["epoch"])
+        write_predictions(out / f"{name}_predictions.csv", predictions)
+        if self.summary_writer is not None and model is not None:
+            self.summary_writer.add_text(f"{name}/model", f"{model['checkpoint']} (training epoch "
+                                         f"{model['training_epoch']})", step)
+        self._write_figures(name, y_true, y_prob, step)
         logger.info("%s reports written to %s", name, out)
-
-    def _predictions_csv(self, y_true: Any, y_prob: Any, meta: dict[str, list[str]]) -> str:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["participant_id", "session_id", "image", "true_label", "predicted_label",
-                         *[f"prob_{name}" for name in self.class_names]])
-        predicted = y_prob.argmax(axis=1)
-        for i in range(len(y_true)):
-            writer.writerow([meta["participant_id"][i], meta["session_id"][i], meta["image"][i],
-                             self.class_names[y_true[i]], self.class_names[predicted[i]],
-                             *[f"{p:.6f}" for p in y_prob[i]]])
-        return buffer.getvalue()
 
     def _write_figures(self, name: str, y_true: Any, y_prob: Any, step: int) -> None:
         report = self.report

@@ -1,9 +1,7 @@
-"""Write per-scan class probabilities of an inference run to a CSV."""
+"""Write per-scan class probabilities of an inference run (the predictions CSV schema, unlabelled)."""
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,8 +10,9 @@ import torch
 from ignite.engine import Engine, Events
 from monai.utils import CommonKeys
 
-from alz_monai.data.dataset import PATH_KEY
-from alz_monai.fileio import atomic_write_text
+from alz_monai.layout import PATH_KEY
+from alz_monai.predictions import Predictions, write_predictions
+from alz_monai.run_config import describe_model
 
 __all__ = ["PredictionWriter"]
 
@@ -21,12 +20,13 @@ logger = logging.getLogger(__name__)
 
 
 class PredictionWriter:
-    """Collects softmax probabilities on the device and writes ``image, participant_id, session_id,
-    predicted_label, prob_<class>...`` once at the end of the run (atomically)."""
+    """Collects softmax probabilities on the device and writes them once at the end of the run (atomically),
+    naming the model (``model_path``) that made them; scans with non-finite probabilities are refused by name."""
 
-    def __init__(self, class_names: Sequence[str], output_path: str | Path) -> None:
+    def __init__(self, class_names: Sequence[str], output_path: str | Path, model_path: str | Path | None = None) -> None:
         self.class_names = list(class_names)
         self.output_path = Path(output_path)
+        self.model_path = model_path
         self._probs: list[torch.Tensor] = []
         self._rows: list[tuple[str, str, str]] = []
 
@@ -45,13 +45,12 @@ class PredictionWriter:
         self._rows.extend(zip(map(str, images), map(str, participants), map(str, sessions)))
 
     def _write(self, engine: Engine) -> None:
-        probs = torch.cat(self._probs).cpu().numpy()
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["image", "participant_id", "session_id", "predicted_label",
-                         *[f"prob_{name}" for name in self.class_names]])
-        for (image, participant, session), row in zip(self._rows, probs):
-            writer.writerow([image, participant, session, self.class_names[int(row.argmax())],
-                             *[f"{p:.6f}" for p in row]])
-        atomic_write_text(self.output_path, buffer.getvalue())
-        logger.info("predictions for %d scans written to %s", len(self._rows), self.output_path)
+        images, participants, sessions = (tuple(column) for column in zip(*self._rows))
+        model = describe_model(self.model_path) if self.model_path is not None else {}
+        predictions = Predictions(
+            source=str(self.output_path), class_names=tuple(self.class_names), images=images,
+            participants=participants, sessions=sessions, y_true=None,
+            probs=torch.cat(self._probs).cpu().double().numpy(), checkpoint=model.get("checkpoint", ""),
+            training_epoch=model.get("training_epoch"))
+        write_predictions(self.output_path, predictions)
+        logger.info("predictions for %d scans written to %s", len(images), self.output_path)

@@ -78,12 +78,13 @@ class RandomStateRecorder:
 
     Args:
         transforms: a MONAI Compose, a transform, or a list of them; None: no transform streams.
-        generators: torch generators to capture as well.
+        generators: torch generators to capture as well, or objects that draw from one (their ``generator``
+            attribute: a sampler, the batch augmentation); None entries (a component the recipe disabled) are skipped.
     """
 
-    def __init__(self, transforms: Any = None, generators: Iterable[torch.Generator] = ()) -> None:
+    def __init__(self, transforms: Any = None, generators: Iterable[Any] = ()) -> None:
         self.transform_states = find_random_states(transforms) if transforms is not None else []
-        self.generators = list(generators)
+        self.generators = [getattr(g, "generator", g) for g in generators if g is not None]
         not_generators = [type(g).__name__ for g in self.generators if not isinstance(g, torch.Generator)]
         if not_generators:
             raise TypeError(f"generators must be torch.Generator objects, got {not_generators}")

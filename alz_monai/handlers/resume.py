@@ -8,9 +8,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from ignite.engine import Engine
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from monai.handlers import CheckpointLoader
 
 from alz_monai.handlers.checkpoint import RunCheckpointer, trainer_state_entries
+from alz_monai.run_dir import RunDirError
 
 __all__ = ["RunResumer"]
 
@@ -36,6 +38,28 @@ class RunResumer(CheckpointLoader):
         super().attach(engine)
 
     def __call__(self, engine: Engine) -> None:
-        super().__call__(engine)
+        try:
+            super().__call__(engine)
+        except (RuntimeError, KeyError, ValueError) as error:  # a state dict of another network or optimiser
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise RunDirError(
+                f"{self.load_path} does not fit this run ({reason[:300]}); resume with the settings it was trained "
+                "with (its folder's run_config.yaml), or start a new run in a new --output_dir") from error
+        for obj in self.load_dict.values():
+            if isinstance(obj, LRScheduler):
+                _apply_schedule(obj)
         logger.info("resumed from %s at epoch %d, iteration %d", self.load_path, engine.state.epoch,
                     engine.state.iteration)
+
+
+def _apply_schedule(scheduler: LRScheduler) -> None:
+    """Set the optimizer's learning rates to the schedule's value for the epoch about to run.
+
+    The checkpoint's optimizer holds the rates of the schedule it was saved with; a run extended to more epochs
+    has a rebuilt schedule (e.g. a cosine warm restart, :func:`alz_monai.optim.build_scheduler`) whose value for
+    the next epoch differs, and the scheduler only steps at the end of that epoch.
+    """
+    if not isinstance(scheduler, LambdaLR):
+        return
+    for group, base_lr, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base_lr * factor(scheduler.last_epoch)

@@ -15,7 +15,7 @@ from .resnet3d import (
     resnet101_3d,
 )
 from .space_to_depth import SpaceToDepthConv3d, space_to_depth_stems
-from .weights import LoadReport, load_backbone_weights
+from .weights import LoadReport, initialize_backbone, load_backbone_weights
 
 __all__ = [
     "NETWORK_NAMES",
@@ -30,6 +30,7 @@ __all__ = [
     "ViTClassifier",
     "build_resnet3d",
     "get_network",
+    "initialize_backbone",
     "space_to_depth_stems",
     "load_backbone_weights",
     "resnet10_3d",

@@ -18,7 +18,7 @@ from torch import nn
 
 from alz_monai.errors import ConfigError
 
-__all__ = ["LoadReport", "load_backbone_weights"]
+__all__ = ["LoadReport", "initialize_backbone", "load_backbone_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +111,21 @@ def load_backbone_weights(
         if keys:
             logger.warning("%s: %d %s: %s", source_name, len(keys), label, ", ".join(keys))
     return report
+
+
+def initialize_backbone(network: nn.Module, checkpoint: str | os.PathLike) -> LoadReport:
+    """Stage 2's initialiser: a stage-1 model's weights into ``network.backbone`` (unwrapped from DDP).
+
+    Kept out of the network's constructor, so that building the architecture (``verify_net_in_out``,
+    ``ckpt_export``, evaluation) never needs the stage-1 file.
+    """
+    model = network.module if isinstance(network, nn.parallel.DistributedDataParallel) else network
+    if not hasattr(model, "backbone"):
+        raise ConfigError(f"{type(model).__name__} has no backbone to initialise from {checkpoint}")
+    if not Path(checkpoint).is_file():
+        raise ConfigError(f"{checkpoint} does not exist: the stage-1 model (train ad_resnet3d first, pass "
+                          "--stage1_model PATH, or --from_scratch true)")
+    return load_backbone_weights(model.backbone, checkpoint)
 
 
 def _read_state_dict(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor]]:
