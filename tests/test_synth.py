@@ -263,3 +263,93 @@ def test_plot_examples_writes_a_png(dataset, tmp_path):
     assert written.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and written.stat().st_size > 10_000
     with pytest.raises(FileNotFoundError, match="scans.tsv"):
         synth.plot_examples(tmp_path, tmp_path / "none.png")
+
+
+# A site without random intensity effects, so that one effect at a time can be measured exactly.
+CLEAN_SITE = synth.SiteEffects(
+    name="clean", noise_fraction_range=(0.0, 0.0), bias_log_sd_range=(0.0, 0.0), gamma_log_sd=0.0,
+    signal_scale_range=(1.0, 1.0), orientations=("RAS",), float32_fraction=1.0, singleton_4d_fraction=0.0)
+
+
+def _render(tmp_path: Path, **site_fields) -> tuple[np.ndarray, np.ndarray]:
+    """One scan of participant 0 at 6 mm with ``CLEAN_SITE`` modified by ``site_fields``: (voxels, affine)."""
+    site = synth.site_effects(CLEAN_SITE, **site_fields)
+    image = tmp_path / f"{site.name}_{abs(hash(site))}.nii.gz"
+    synth._synthesise_scan(synth._ScanPlan(
+        seed=3, spacing=6.0, subject_index=0, session_index=0, atrophy_load=1.0, axcodes="RAS", dtype="float32",
+        singleton_4d=False, image_path=image, atrophy_path=tmp_path / f"atrophy_{image.name}", site=site))
+    return _canonical(image)
+
+
+def test_site_intensity_effects_follow_their_definitions(tmp_path):
+    clean, _ = _render(tmp_path)
+    brain = clean > 0.05
+    # contrast c gives fluid + c * (tissue - fluid): affine in c
+    flat, mid = _render(tmp_path, contrast=0.5)[0], _render(tmp_path, contrast=0.75)[0]
+    np.testing.assert_allclose(clean - flat, 2.0 * (mid - flat), atol=1e-5)
+    assert flat[brain].std() < 0.8 * clean[brain].std()
+    # gamma: intensities raised to exp(gamma_log_mean)
+    np.testing.assert_allclose(_render(tmp_path, gamma_log_mean=0.2)[0], clean ** np.exp(0.2), rtol=1e-4, atol=1e-6)
+    # bias field: the log ratio to the clean scan scales with the bias strength
+    weak, strong = (np.log(_render(tmp_path, bias_log_sd_range=(sd, sd))[0][brain] / clean[brain])
+                    for sd in (0.15, 0.3))
+    assert weak.std() > 0.02 and strong.std() == pytest.approx(2.0 * weak.std(), rel=1e-3)
+    # Rician noise of SD 0.05 in the empty background: Rayleigh, mean 0.05 * sqrt(pi / 2)
+    noisy = _render(tmp_path, noise_fraction_range=(0.05, 0.05))[0]
+    assert noisy[clean == 0].mean() == pytest.approx(0.05 * np.sqrt(np.pi / 2), rel=0.05)
+
+
+def test_thick_slices_blur_across_the_slice_axis_only(tmp_path):
+    thin, affine = _render(tmp_path)
+    thick, thick_affine = _render(tmp_path, slice_axis=2, slice_thickness=2.0)
+    np.testing.assert_allclose(thick_affine, affine)
+
+    # fine detail (second differences) kept along x, y, z: oblique structures lose some along every axis
+    kept = [np.abs(np.diff(thick, n=2, axis=axis)).mean() / np.abs(np.diff(thin, n=2, axis=axis)).mean()
+            for axis in range(3)]
+    assert kept[2] < 0.7 and kept[2] < 0.8 * min(kept[:2])
+
+
+def test_named_sites_differ_in_geometry_and_storage_and_are_recorded(tmp_path):
+    small = {**TINY, "subjects": 4, "sessions": 1}
+    synth.generate_synthetic_dataset(tmp_path / "default", seed=0, **small)
+    baseline = _scans(tmp_path / "default")
+    for name in ("siteA", "siteB", "siteC"):
+        site = synth.SITES[name]
+        out = tmp_path / name
+        parameters = synth.generate_synthetic_dataset(out, seed=0, site=name, **small)
+        assert json.loads((out / "synth_parameters.json").read_text())["site"] == site.as_record()
+        voxel = 6.0 * np.array(site.voxel_scale)
+        assert parameters["voxel_size_mm"] == voxel.tolist()
+        # the same participants and atrophy, whatever the scanner
+        assert (out / "participants.tsv").read_bytes() == (tmp_path / "default" / "participants.tsv").read_bytes()
+        pd.testing.assert_frame_equal(_scans(out), baseline)
+
+        images = [nib.load(out / path) for path in baseline["image"]]
+        assert {"".join(nib.aff2axcodes(image.affine)) for image in images} == set(site.orientations)
+        float32 = sum(image.get_data_dtype() == np.float32 for image in images)
+        assert float32 == int(np.ceil(site.float32_fraction * len(images)))
+        data, affine = _canonical(out / baseline["image"][0])
+        np.testing.assert_allclose(np.abs(np.diag(affine)[:3]), voxel)
+        if site.field_of_view_mm is not None:
+            extent = (np.array(data.shape) - 1) * voxel
+            assert np.all(extent >= site.field_of_view_mm) and np.all(extent < np.array(site.field_of_view_mm) + voxel)
+        # the brain stays inside the field of view
+        assert np.percentile(data, 99) > 10 * np.median(np.concatenate([data[0].ravel(), data[-1].ravel()]))
+
+
+def test_site_parameters_are_checked(tmp_path):
+    assert synth.site_effects("siteA") is synth.SITES["siteA"]
+    modified = synth.site_effects("siteA", noise_fraction_range=[0.1, 0.2], contrast=0.9)
+    assert modified.name == "siteA+contrast+noise_fraction_range" and modified.noise_fraction_range == (0.1, 0.2)
+    assert modified.voxel_scale == synth.SITES["siteA"].voxel_scale
+    with pytest.raises(ValueError, match="unknown site 'siteZ'.*siteA"):
+        synth.site_effects("siteZ")
+    with pytest.raises(ValueError, match="unknown site parameters \\['loudness'\\]"):
+        synth.site_effects("siteA", loudness=2)
+    with pytest.raises(ValueError, match="noise_fraction_range must be.*orientations must be"):
+        synth.SiteEffects(noise_fraction_range=(0.2, 0.1), orientations=("RAX",))
+    with pytest.raises(ValueError, match="finer than the 1 mm template"):
+        synth.generate_synthetic_dataset(tmp_path / "fine", spacing=1.0, progress=False,
+                                         site=synth.SiteEffects(voxel_scale=(0.8, 1.0, 1.0)))
+    assert not (tmp_path / "fine").exists()

@@ -18,6 +18,11 @@ random deformation and head size per participant; pose, intensity gamma, a smoot
 Rician noise per scan. Hence the best possible classifier of a scan is the Bayes classifier of its latent atrophy,
 whose accuracy :func:`theoretical_best_accuracy` estimates by Monte Carlo.
 
+Scanner and site effects (:class:`SiteEffects`, named presets in :data:`SITES`) change how scans are acquired and
+stored, never who is scanned: voxel size and slice thickness, field of view, tissue contrast and intensity gamma,
+bias field strength, noise level, signal scale, orientations and dtypes. The same seed gives the same participants,
+atrophy and poses at every site, so a model trained on some sites can be tested on another.
+
 Each scan also gets a ground-truth atrophy map (fraction of brain tissue lost per voxel) on the scan's grid for
 judging saliency maps. Storage is deliberately heterogeneous (axis orientations, int16 with scl_slope or float32,
 a few 4D scans with a singleton last axis) so that the loading pipeline has to cope with what real archives hold.
@@ -33,7 +38,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +57,13 @@ __all__ = [
     "DEFAULT_EFFECT",
     "DISEASE_PROGRESSION_PER_YEAR",
     "CLASS_MEAN_SEVERITY_FRACTION",
+    "SITES",
     "STORAGE_ORIENTATIONS",
+    "SiteEffects",
     "generate_synthetic_dataset",
     "latent_atrophy",
     "plot_examples",
+    "site_effects",
     "theoretical_best_accuracy",
 ]
 
@@ -127,6 +135,153 @@ GZIP_LEVEL = 1
 _COHORT_STREAM, _SUBJECT_STREAM, _SESSION_STREAM, _STORAGE_STREAM, _SHUFFLE_STREAM, _BAYES_STREAM = range(6)
 
 
+@dataclass(frozen=True)
+class SiteEffects:
+    """How one scanner and protocol acquires and stores scans: everything here is independent of the diagnosis.
+
+    The defaults are the generator's own (site ``"default"``), so they leave its output unchanged. Voxel sizes are
+    multiples of the ``spacing`` passed to :func:`generate_synthetic_dataset`, so one site can be generated at any
+    resolution (e.g. 6 mm in tests, 1 mm for benchmarks).
+    """
+
+    name: str = "default"
+    description: str = "the generator's own: isotropic voxels, every storage variant"
+    voxel_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """Voxel size along the world x (left-right), y (posterior-anterior) and z (inferior-superior) axes, as
+    multiples of ``spacing``."""
+    slice_axis: int = 2
+    """World axis (0: x, sagittal slices; 1: y, coronal; 2: z, axial) along which slices are acquired."""
+    slice_thickness: float = 1.0
+    """Slice profile width (FWHM) as a multiple of the voxel size along ``slice_axis``; > 1 for thick, overlapping
+    slices (every other axis is blurred to its own voxel size). Slice gaps (< 1) are not modelled."""
+    field_of_view_mm: tuple[float, float, float] | None = None
+    """Extent of the scanned grid along x, y, z; None for the template's (197 x 233 x 189 mm, the brain reaching
+    its lower edge). Outside the template lies empty, noisy background."""
+    field_of_view_shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    """Shift of the grid's centre from the template's (0, -18, 22) mm: where the technician placed the box."""
+    contrast: float = 1.0
+    """Tissue contrast against the fluid that replaces lost tissue: intensities become ``fluid + contrast * (tissue -
+    fluid)`` (< 1: flatter, e.g. lower field strength; > 1: stronger)."""
+    gamma_log_mean: float = 0.0
+    """Mean log of the intensity gamma of this site's scans (a systematic non-linear intensity response)."""
+    gamma_log_sd: float = GAMMA_LOG_SD
+    """Scan-to-scan spread of the log gamma."""
+    bias_log_sd_range: tuple[float, float] = BIAS_LOG_SD_RANGE
+    """Strength of the smooth multiplicative bias field: the SD of its log, drawn uniformly per scan from this range."""
+    noise_fraction_range: tuple[float, float] = NOISE_FRACTION_RANGE
+    """Rician noise SD relative to the signal scale, drawn uniformly per scan from this range."""
+    signal_scale_range: tuple[float, float] = SIGNAL_SCALE_RANGE
+    """Scanner units of the brightest tissue, drawn uniformly per scan from this range."""
+    orientations: tuple[str, ...] = STORAGE_ORIENTATIONS
+    """Voxel axis orders the scans are stored in, spread evenly over the scans."""
+    float32_fraction: float = FLOAT32_FRACTION
+    """Fraction of scans stored as float32; the others are int16 with a scale slope."""
+    singleton_4d_fraction: float = SINGLETON_4D_FRACTION
+    """Fraction of scans stored as 4D volumes with one time point."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if len(self.voxel_scale) != 3 or not all(math.isfinite(v) and v > 0 for v in self.voxel_scale):
+            problems.append(f"voxel_scale must be three numbers > 0, got {self.voxel_scale!r}")
+        if self.slice_axis not in (0, 1, 2):
+            problems.append(f"slice_axis must be 0 (x), 1 (y) or 2 (z), got {self.slice_axis!r}")
+        if not self.slice_thickness >= 1.0:
+            problems.append(f"slice_thickness must be >= 1 (a multiple of the slice spacing), got "
+                            f"{self.slice_thickness!r}")
+        if self.field_of_view_mm is not None and (
+                len(self.field_of_view_mm) != 3 or not all(v > 0 for v in self.field_of_view_mm)):
+            problems.append(f"field_of_view_mm must be three lengths > 0 or None, got {self.field_of_view_mm!r}")
+        if len(self.field_of_view_shift_mm) != 3:
+            problems.append(f"field_of_view_shift_mm must be three numbers, got {self.field_of_view_shift_mm!r}")
+        if not self.contrast > 0:
+            problems.append(f"contrast must be > 0, got {self.contrast!r}")
+        if not self.gamma_log_sd >= 0:
+            problems.append(f"gamma_log_sd must be >= 0, got {self.gamma_log_sd!r}")
+        for name in ("bias_log_sd_range", "noise_fraction_range", "signal_scale_range"):
+            low, high = getattr(self, name)
+            if not 0 <= low <= high:
+                problems.append(f"{name} must be (low, high) with 0 <= low <= high, got {getattr(self, name)!r}")
+        try:
+            if not self.orientations:
+                raise ValueError("no orientation given")
+            for axcodes in self.orientations:
+                nib.orientations.axcodes2ornt(tuple(axcodes))
+                if len(axcodes) != 3:
+                    raise ValueError(f"{axcodes!r} does not name 3 axes")
+        except ValueError as error:
+            problems.append(f"orientations must be axis codes such as RAS or LPS ({error}), got {self.orientations!r}")
+        for name in ("float32_fraction", "singleton_4d_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                problems.append(f"{name} must lie in [0, 1], got {getattr(self, name)!r}")
+        if problems:
+            raise ValueError("invalid site effects: " + "; ".join(problems))
+
+    def as_record(self) -> dict[str, Any]:
+        """The fields as JSON holds them (lists for tuples), as recorded in ``synth_parameters.json``."""
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+
+    def voxel_size(self, spacing: float) -> np.ndarray:
+        """Voxel size (mm) along x, y, z at base ``spacing``."""
+        return spacing * np.array(self.voxel_scale, dtype=np.float64)
+
+    def resolution_fwhm(self, spacing: float) -> np.ndarray:
+        """Width (mm, FWHM) of the point spread along x, y, z: the voxel size, times the slice thickness across."""
+        fwhm = self.voxel_size(spacing)
+        fwhm[self.slice_axis] *= self.slice_thickness
+        return fwhm
+
+
+SITES: dict[str, SiteEffects] = {site.name: site for site in (
+    SiteEffects(),
+    SiteEffects(
+        name="siteA",
+        description="1.5 T sagittal protocol: 1.2x thicker sagittal voxels, low SNR, flat contrast, darker gamma, "
+                    "mild bias field; stored sagittally as int16",
+        voxel_scale=(1.2, 1.0, 1.0), slice_axis=0, contrast=0.8, gamma_log_mean=-0.15,
+        bias_log_sd_range=(0.05, 0.15), noise_fraction_range=(0.03, 0.06), orientations=("PIR", "ASL"),
+        float32_fraction=0.0, singleton_4d_fraction=0.0),
+    SiteEffects(
+        name="siteB",
+        description="3 T isotropic protocol: high SNR, strong contrast and bias field, brighter gamma, tight field "
+                    "of view (176 x 208 x 176 mm); converted from DICOM to LPS float32",
+        contrast=1.25, gamma_log_mean=0.1, bias_log_sd_range=(0.2, 0.35), noise_fraction_range=(0.005, 0.015),
+        field_of_view_mm=(176.0, 208.0, 176.0), field_of_view_shift_mm=(0.0, 0.0, -12.0), orientations=("LPS",),
+        float32_fraction=1.0, singleton_4d_fraction=0.0),
+    SiteEffects(
+        name="siteC",
+        description="clinical axial protocol: 1.5x thicker axial voxels with a 2x-wide slice profile, large field "
+                    "of view down to the neck (240 x 260 x 240 mm), widely varying gamma, low scanner units, "
+                    "mixed storage",
+        voxel_scale=(1.0, 1.0, 1.5), slice_axis=2, slice_thickness=4.0 / 3.0, gamma_log_mean=0.05,
+        gamma_log_sd=0.2, bias_log_sd_range=(0.1, 0.25), noise_fraction_range=(0.02, 0.05),
+        signal_scale_range=(100.0, 400.0), field_of_view_mm=(240.0, 260.0, 240.0),
+        field_of_view_shift_mm=(0.0, 0.0, -25.0), orientations=("RAS", "LAS", "LPI"), float32_fraction=0.5,
+        singleton_4d_fraction=0.3),
+)}
+"""Named sites for cross-site experiments: train on some, test on another. ``default`` is the generator's own."""
+
+DEFAULT_SITE = SITES["default"]
+
+
+def site_effects(site: str | SiteEffects = "default", **overrides: Any) -> SiteEffects:
+    """A named site of :data:`SITES` (or a given one) with some of its :class:`SiteEffects` fields replaced.
+
+    A modified site is named after its base and the replaced fields, e.g. ``siteA+noise_fraction_range``.
+    """
+    if isinstance(site, str):
+        if site not in SITES:
+            raise ValueError(f"unknown site {site!r}; choose one of {sorted(SITES)} or pass SiteEffects(...)")
+        site = SITES[site]
+    parameters = sorted(set(SiteEffects.__dataclass_fields__) - {"name", "description"})
+    unknown = sorted(set(overrides) - set(parameters))
+    if unknown:
+        raise ValueError(f"unknown site parameters {unknown}; choose from {parameters}")
+    if not overrides:
+        return site
+    values = {key: tuple(value) if isinstance(value, list) else value for key, value in overrides.items()}
+    return replace(site, name="+".join([site.name, *sorted(values)]), **values)
+
+
 def latent_atrophy(
     severity: np.ndarray | float,
     baseline_age: np.ndarray | float,
@@ -184,6 +339,7 @@ def generate_synthetic_dataset(
     progress: bool = True,
     workers: int = 1,
     overwrite: bool = False,
+    site: str | SiteEffects = "default",
 ) -> dict[str, Any]:
     """Write a BIDS-like synthetic cohort to ``out_dir`` and return the content of its ``synth_parameters.json``.
 
@@ -192,8 +348,11 @@ def generate_synthetic_dataset(
     ``synth_parameters.json``. Output is byte-identical for a seed, whatever ``workers``. ``shuffle_labels``
     permutes diagnoses across participants and keeps the images: a control on which a sound pipeline scores at
     chance. A non-empty ``out_dir`` is refused unless ``overwrite`` (files are then written over, none removed).
+    ``site`` (a name of :data:`SITES` or :class:`SiteEffects`, e.g. from :func:`site_effects`) sets the scanner and
+    storage effects; the participants, their atrophy and the random poses do not depend on it.
     """
     effect = DEFAULT_EFFECT if effect is None else float(effect)
+    site = site_effects(site)
     class_means = _class_mean_severities(classes, effect)
     _check_positive_int(subjects=subjects, sessions=sessions, workers=workers)
     if subjects < len(classes):
@@ -201,6 +360,9 @@ def generate_synthetic_dataset(
                          f"ask for at least one participant per class")
     if not spacing >= 1.0:
         raise ValueError(f"spacing={spacing} mm is finer than the 1 mm template; use spacing >= 1.0")
+    if not (site.voxel_size(spacing) >= 1.0).all():
+        raise ValueError(f"site {site.name!r} makes voxels of {site.voxel_size(spacing).tolist()} mm at spacing="
+                         f"{spacing}, finer than the 1 mm template; raise spacing or the site's voxel_scale")
     out = Path(out_dir)
     _prepare_output_folder(out, overwrite)
     started = time.perf_counter()
@@ -209,7 +371,7 @@ def generate_synthetic_dataset(
     labels = cohort["diagnosis"].to_numpy()
     if shuffle_labels:
         labels = labels[np.random.default_rng([seed, _SHUFFLE_STREAM]).permutation(subjects)]
-    plans, scan_rows = _plan_scans(out, cohort, labels, sessions, age_effect, spacing, seed)
+    plans, scan_rows = _plan_scans(out, cohort, labels, sessions, age_effect, spacing, seed, site)
 
     best_accuracy = theoretical_best_accuracy(effect, classes=classes, sessions=sessions, age_effect=age_effect)
     label_counts = Counter(labels)
@@ -218,7 +380,7 @@ def generate_synthetic_dataset(
     logger.info("theoretical best accuracy %.4f (effect %.3f, classes %s, %d session(s))%s", best_accuracy, effect,
                 "/".join(classes), sessions, f"; labels shuffled, so chance {chance:.3f}" if shuffle_labels else "")
 
-    anatomy = _anatomy(spacing)  # built before any fork, so forked workers share it
+    anatomy = _anatomy(spacing, site)  # built before any fork, so forked workers share it
     _run_plans(plans, workers, progress)
 
     participants = cohort.assign(diagnosis=labels)[["participant_id", "diagnosis", "age", "sex", "severity"]]
@@ -253,7 +415,9 @@ def generate_synthetic_dataset(
         "scans_per_class": {name: int((scans["label"] == name).sum()) for name in classes},
         "scans": len(scans),
         "spacing_mm": spacing,
+        "voxel_size_mm": anatomy.voxel_size.tolist(),
         "shape": list(anatomy.grid_shape),
+        "site": site.as_record(),
         "atrophy": {
             "hippocampus_centres_mm": [list(centre) for centre in HIPPOCAMPUS_CENTRES_MM],
             "hippocampus_semi_axes_mm": list(HIPPOCAMPUS_SEMI_AXES_MM),
@@ -266,9 +430,9 @@ def generate_synthetic_dataset(
             "rotation_max_deg": ROTATION_MAX_DEG,
             "translation_sd_mm": TRANSLATION_SD_MM,
             "deformation_sd_mm": DEFORMATION_SD_MM,
-            "gamma_log_sd": GAMMA_LOG_SD,
-            "bias_log_sd_range": list(BIAS_LOG_SD_RANGE),
-            "noise_fraction_range": list(NOISE_FRACTION_RANGE),
+            "gamma_log_sd": site.gamma_log_sd,
+            "bias_log_sd_range": list(site.bias_log_sd_range),
+            "noise_fraction_range": list(site.noise_fraction_range),
         },
         "storage": {
             "orientations": dict(sorted(Counter(plan.axcodes for plan in plans).items())),
@@ -351,6 +515,8 @@ class _Anatomy:
     """World coordinates (mm) of the template's first and last voxel centres."""
     grid_shape: tuple[int, int, int]
     grid_affine: np.ndarray
+    voxel_size: np.ndarray
+    """Output voxel size (mm) along x, y, z."""
 
 
 @dataclass(frozen=True)
@@ -367,6 +533,7 @@ class _ScanPlan:
     singleton_4d: bool
     image_path: Path
     atrophy_path: Path
+    site: SiteEffects = DEFAULT_SITE
 
 
 def _class_mean_severities(classes: Sequence[str], effect: float) -> np.ndarray:
@@ -433,14 +600,15 @@ def _draw_cohort(subjects: int, classes: Sequence[str], class_means: np.ndarray,
 
 
 def _plan_scans(
-    out: Path, cohort: pd.DataFrame, labels: np.ndarray, sessions: int, age_effect: float, spacing: float, seed: int
+    out: Path, cohort: pd.DataFrame, labels: np.ndarray, sessions: int, age_effect: float, spacing: float, seed: int,
+    site: SiteEffects = DEFAULT_SITE,
 ) -> tuple[list[_ScanPlan], list[dict[str, Any]]]:
     """Per-scan work items and scans.tsv rows; storage variants are spread so that every dataset holds a mix."""
     scan_count = len(cohort) * sessions
     storage_rng = np.random.default_rng([seed, _STORAGE_STREAM])
-    orientation_index = storage_rng.permutation(scan_count) % len(STORAGE_ORIENTATIONS)
-    is_float32 = storage_rng.permutation(scan_count) < math.ceil(FLOAT32_FRACTION * scan_count)
-    is_4d = storage_rng.permutation(scan_count) < math.ceil(SINGLETON_4D_FRACTION * scan_count)
+    orientation_index = storage_rng.permutation(scan_count) % len(site.orientations)
+    is_float32 = storage_rng.permutation(scan_count) < math.ceil(site.float32_fraction * scan_count)
+    is_4d = storage_rng.permutation(scan_count) < math.ceil(site.singleton_4d_fraction * scan_count)
     plans, rows = [], []
     for subject_index, participant in enumerate(cohort.itertuples(index=False)):
         for session_index in range(sessions):
@@ -456,9 +624,9 @@ def _plan_scans(
             plans.append(_ScanPlan(
                 seed=seed, spacing=spacing, subject_index=subject_index, session_index=session_index,
                 atrophy_load=float(np.logaddexp(0.0, latent)),
-                axcodes=STORAGE_ORIENTATIONS[orientation_index[scan_index]],
+                axcodes=site.orientations[orientation_index[scan_index]],
                 dtype="float32" if is_float32[scan_index] else "int16", singleton_4d=bool(is_4d[scan_index]),
-                image_path=out / image, atrophy_path=out / atrophy_map,
+                image_path=out / image, atrophy_path=out / atrophy_map, site=site,
             ))
             rows.append({
                 "image": image.as_posix(), "label": labels[subject_index],
@@ -546,23 +714,33 @@ def _ventricle_mask(intensity: np.ndarray, brain: np.ndarray, x: np.ndarray, y: 
     return np.isin(labelled, large[large > 0])
 
 
+def _anatomy(spacing: float, site: SiteEffects = DEFAULT_SITE) -> _Anatomy:
+    """The anatomy on the grid of ``site`` at ``spacing``; sites that differ in intensity effects alone share it."""
+    return _grid_anatomy(tuple(site.voxel_size(spacing)), tuple(site.resolution_fwhm(spacing)),
+                         site.field_of_view_mm, site.field_of_view_shift_mm)
+
+
 @functools.lru_cache(maxsize=2)
-def _anatomy(spacing: float) -> _Anatomy:
+def _grid_anatomy(voxel: tuple[float, ...], fwhm: tuple[float, ...], field_of_view_mm: tuple[float, ...] | None,
+                  field_of_view_shift_mm: tuple[float, ...]) -> _Anatomy:
     maps = _template_maps()
-    # Gaussian whose FWHM makes a 1 mm voxel as wide as an output voxel.
-    sigma = math.sqrt(max(spacing**2 - 1.0, 0.0)) / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+    voxel_size = np.array(voxel, dtype=np.float64)
+    # Gaussian per axis whose FWHM makes a 1 mm voxel as wide as the output's point spread (voxel or slice profile).
+    sigma = np.sqrt(np.maximum(np.array(fwhm) ** 2 - 1.0, 0.0)) / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 
     def smooth(volume: np.ndarray) -> np.ndarray:
-        return ndimage.gaussian_filter(volume, sigma) if sigma > 0 else volume
+        return ndimage.gaussian_filter(volume, tuple(sigma)) if (sigma > 0).any() else volume
 
     affine = maps["affine"]
     shape = np.array(maps["intensity"].shape)
     first = affine[:3, 3]
     last = first + np.diag(affine)[:3] * (shape - 1)
-    grid_shape = tuple(int(n) for n in np.ceil((last - first) / spacing).astype(int) + 1)
-    grid_affine = np.diag([spacing, spacing, spacing, 1.0])
-    grid_affine[:3, 3] = (first + last) / 2.0 - spacing * (np.array(grid_shape) - 1) / 2.0
-    reach = 4.0 * DEFORMATION_SD_MM + 3.0 * sigma + spacing
+    extent = last - first if field_of_view_mm is None else np.array(field_of_view_mm, dtype=np.float64)
+    centre = (first + last) / 2.0 + np.array(field_of_view_shift_mm, dtype=np.float64)
+    grid_shape = tuple(int(n) for n in np.ceil(extent / voxel_size).astype(int) + 1)
+    grid_affine = np.diag([*voxel_size, 1.0])
+    grid_affine[:3, 3] = centre - voxel_size * (np.array(grid_shape) - 1) / 2.0
+    reach = 4.0 * DEFORMATION_SD_MM + 3.0 * float(sigma.max()) + float(voxel_size.max())
     return _Anatomy(
         intensity=smooth(maps["intensity"]),
         tissue=smooth(maps["tissue"]),
@@ -575,6 +753,7 @@ def _anatomy(spacing: float) -> _Anatomy:
         field_of_view=(first, last),
         grid_shape=grid_shape,
         grid_affine=grid_affine,
+        voxel_size=voxel_size,
     )
 
 
@@ -609,7 +788,8 @@ def _template_coordinates(subject_rng: np.random.Generator, session_rng: np.rand
 
 def _synthesise_scan(plan: _ScanPlan) -> None:
     """Render one scan and its atrophy map and write both atomically."""
-    anatomy = _anatomy(plan.spacing)
+    site = plan.site
+    anatomy = _anatomy(plan.spacing, site)
     subject_rng = np.random.default_rng([plan.seed, _SUBJECT_STREAM, plan.subject_index])
     session_rng = np.random.default_rng([plan.seed, _SESSION_STREAM, plan.subject_index, plan.session_index])
     world_axes = _world_axes(anatomy.grid_affine, anatomy.grid_shape)
@@ -628,22 +808,27 @@ def _synthesise_scan(plan: _ScanPlan) -> None:
     grey_matter_loss = -np.expm1(-plan.atrophy_load * sample(anatomy.susceptibility))
     # Tissue within the grown radius turns into CSF, with a partial-volume ramp one output voxel wide.
     ventricle_distance = sample(anatomy.ventricle_distance, outside=OUT_OF_REACH_MM)
-    ventricular_loss = np.clip((VENTRICLE_GROWTH_MM * plan.atrophy_load - ventricle_distance) / plan.spacing, 0.0, 1.0)
+    ventricular_loss = np.clip((VENTRICLE_GROWTH_MM * plan.atrophy_load - ventricle_distance)
+                               / float(anatomy.voxel_size.min()), 0.0, 1.0)
     loss = 1.0 - (1.0 - grey_matter_loss) * (1.0 - ventricular_loss)
-    intensity += loss * (sample(anatomy.fluid_intensity) - intensity)
+    fluid = sample(anatomy.fluid_intensity)
+    intensity += loss * (fluid - intensity)
+    if site.contrast != 1.0:  # skipped at 1, where it changes nothing but rounding, to keep the default bit-exact
+        intensity = fluid + site.contrast * (intensity - fluid)
 
     atrophy = np.zeros(anatomy.grid_shape, dtype=np.float32)
     atrophy.reshape(-1)[inside] = loss * tissue
     signal = np.zeros(anatomy.grid_shape, dtype=np.float32)
-    signal.reshape(-1)[inside] = np.clip(intensity, 0.0, None) ** np.exp(session_rng.normal(0.0, GAMMA_LOG_SD))
+    signal.reshape(-1)[inside] = np.clip(intensity, 0.0, None) ** np.exp(
+        session_rng.normal(site.gamma_log_mean, site.gamma_log_sd))
 
-    bias_log_sd = session_rng.uniform(*BIAS_LOG_SD_RANGE)
+    bias_log_sd = session_rng.uniform(*site.bias_log_sd_range)
     # Spline-smooth on a 4x coarser grid, then linearly upsampled: as smooth, a fraction of the cost.
     coarse_shape = np.ceil(np.array(anatomy.grid_shape) / 4).astype(int) + 1
     coarse_bias = _smooth_random_field(session_rng, (BIAS_CONTROL_POINTS,) * 3, coarse_shape)[0]
     bias = np.exp(bias_log_sd * ndimage.zoom(coarse_bias, np.array(anatomy.grid_shape) / coarse_shape, order=1))
-    scale = session_rng.uniform(*SIGNAL_SCALE_RANGE)
-    noise_sd = scale * session_rng.uniform(*NOISE_FRACTION_RANGE)
+    scale = session_rng.uniform(*site.signal_scale_range)
+    noise_sd = scale * session_rng.uniform(*site.noise_fraction_range)
     real = signal * bias * scale + noise_sd * session_rng.standard_normal(anatomy.grid_shape, dtype=np.float32)
     imaginary = noise_sd * session_rng.standard_normal(anatomy.grid_shape, dtype=np.float32)
     image = np.hypot(real, imaginary)
