@@ -28,9 +28,9 @@ import torch
 from scipy import optimize, special
 
 from alz_monai import metrics
-from alz_monai.compare import Predictions, load_predictions
 from alz_monai.errors import DataError
 from alz_monai.fileio import atomic_write_json
+from alz_monai.predictions import Predictions, load_predictions
 
 __all__ = [
     "PROBABILITY_FLOOR",

@@ -22,18 +22,17 @@ from typing import Any
 
 from alz_monai import calibration, metrics
 from alz_monai.compare import (
-    Predictions,
     align_predictions,
     compare_predictions,
     evaluate_predictions,
     find_predictions,
     format_comparison_table,
-    load_predictions,
-    write_predictions,
 )
 from alz_monai.crossval import ensemble_predictions
 from alz_monai.errors import DataError
 from alz_monai.fileio import atomic_write_json
+from alz_monai.layout import REPORTS_DIRNAME
+from alz_monai.predictions import Predictions, load_predictions, write_predictions
 from alz_monai.reports import SUMMARY_METRICS, format_metrics_table
 
 __all__ = [
@@ -132,14 +131,15 @@ def ensemble_runs(
         ensemble, fit = _calibrated(ensemble, runs, names)
 
     evaluation = evaluate_with_participants(ensemble, bootstrap_resamples, seed)
-    report_dir = output_dir / "reports"
+    report_dir = output_dir / REPORTS_DIRNAME
     write_predictions(report_dir / f"{split}_predictions.csv", ensemble)
     metrics_report = {**evaluation["scan"], "participant_level": evaluation.get("participant")}
     atomic_write_json(report_dir / f"{split}_metrics.json", metrics.to_jsonable(metrics_report))
 
     summary: dict[str, Any] = {
         "split": split,
-        "members": {name: str(predictions.source) for name, predictions in members.items()},
+        "members": {name: {"predictions": predictions.source, "checkpoint": predictions.checkpoint,
+                           "training_epoch": predictions.training_epoch} for name, predictions in members.items()},
         "num_samples": len(ensemble.images),
         "num_participants": len(set(ensemble.participants)) if ensemble.groups else None,
         "ensemble": evaluation,
@@ -172,7 +172,7 @@ def format_ensemble_table(summary: Mapping[str, Any]) -> str:
         intervals["ensemble, per participant"] = ensemble["participant"]["confidence_intervals"]
     lines = [f"{summary['split']} split: {summary['num_samples']} scans"
              + (f" of {summary['num_participants']} participants" if summary["num_participants"] else "")]
-    lines += [f"{name}: {source}" for name, source in summary["members"].items()]
+    lines += [f"{name}: {member['predictions']}" for name, member in summary["members"].items()]
     if summary["calibration"] is not None:
         fit = summary["calibration"]
         lines.append(f"temperature {fit['temperature']:.3f} fitted on the ensemble's validation predictions "

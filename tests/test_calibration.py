@@ -13,9 +13,9 @@ import torch
 from scipy import special
 
 from alz_monai import calibration
-from alz_monai.compare import Predictions, load_predictions, write_predictions
 from alz_monai.errors import DataError
 from alz_monai.metrics import expected_calibration_error
+from alz_monai.predictions import Predictions, load_predictions, write_predictions
 
 CLASS_NAMES = {2: ("CN", "AD"), 3: ("CN", "MCI", "AD")}
 

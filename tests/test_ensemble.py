@@ -12,10 +12,11 @@ import pytest
 from scipy import special
 
 from alz_monai import calibration, stats
-from alz_monai.compare import Predictions, compare_runs, load_predictions, write_predictions
+from alz_monai.compare import compare_runs
 from alz_monai.ensemble import add_ensemble_parser, ensemble_runs, format_ensemble_table, participant_predictions
 from alz_monai.errors import DataError
 from alz_monai.metrics import classification_report
+from alz_monai.predictions import Predictions, load_predictions, write_predictions
 
 CLASS_NAMES = ("CN", "AD")
 RESAMPLES = 200
