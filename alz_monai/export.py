@@ -57,7 +57,7 @@ DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-4
 #: Batch sizes of the check: neither is the traced one (2), so a graph that kept the batch size fails.
 CHECK_BATCH_SIZES = (1, 3)
-# Traced batch size: 1 would let torch.export specialise the batch axis to a constant.
+# Traced batch size, none of the checked ones.
 _TRACE_BATCH = 2
 # Loggers of the exporter and its ONNX optimiser that write, on every export, lines that say nothing about this
 # model (skipped torchvision operators, each rewrite pass at INFO).
@@ -214,6 +214,8 @@ def load_trained_network(
     ``checkpoint``: a run's ``model_best.pt`` or a training checkpoint (its ``network`` entry). A partial fit
     means the options differ from training and raises ConfigError naming what did not match.
     """
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist; pass a run's checkpoints/model_best.pt")
     options = dict(options or {})
     if options.get("backbone_weights") is not None:
         raise ConfigError("backbone_weights is a training option; the checkpoint holds the whole network")
