@@ -23,7 +23,7 @@ from alz_monai.export import (  # noqa: E402
     load_trained_network,
     verify_onnx,
 )
-from alz_monai.networks import SpaceToDepthConv3d, get_network, space_to_depth_stems  # noqa: E402
+from alz_monai.networks import SpaceToDepthConv3d, get_network, space_to_depth_stems, to_device  # noqa: E402
 
 SPATIAL = (32, 32, 32)
 TINY_MOSA = {"backbone": "resnet10", "embed_dim": 32, "num_heads": 4, "depth": 1}
@@ -89,12 +89,16 @@ def test_checkpoint_of_other_options_is_a_config_error(exported_resnet) -> None:
 
 @pytest.mark.parametrize(("name", "space_to_depth"), [("mosa", True), ("mosa_shared", False)])
 def test_mosa_exports_with_either_stem(tmp_path, name: str, space_to_depth: bool) -> None:
+    """48 is an odd multiple of 16: the padded last token; the space-to-depth case also has channels-last weights,
+    the layout of a CUDA training run."""
+    spatial = (48, 32, 32)
     torch.manual_seed(0)
-    network = get_network(name, spatial_size=SPATIAL, **TINY_MOSA)
+    network = get_network(name, spatial_size=spatial, **TINY_MOSA)
     if space_to_depth:
         assert space_to_depth_stems(network) == ["backbone.conv1"]
+        to_device(network, "cpu", channels_last=True)
     output = tmp_path / "model.onnx"
-    check = export_onnx(network, output, SPATIAL)
+    check = export_onnx(network, output, spatial)
     assert check.passed and check.batch_sizes == (1, 3) and check.max_abs_diff <= DEFAULT_ATOL
     assert isinstance(network.backbone.conv1, SpaceToDepthConv3d) is space_to_depth
     assert network.training  # the caller's network keeps its mode
