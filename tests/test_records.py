@@ -249,3 +249,29 @@ def test_summary_counts_scans_per_split_and_class(dataset: Path) -> None:
         ["test", "1", "0", "1", "2", "2"],
         ["all", "3", "2", "3", "8", "7"],
     ]
+
+
+def test_datalist_values_are_kept_as_written_beside_folders_of_the_same_names(tmp_path: Path) -> None:
+    """Only image (and *_path / *_map) values are paths: a label or participant_id naming a folder beside the
+    JSON stays as written (MONAI's datalist reader would turn it into that folder's path)."""
+    for folder in ("AD", "CN", "sub-01", "ses-M00", "siteA"):
+        (tmp_path / folder).mkdir()
+    touch(tmp_path / "sub-01" / "scan.nii.gz")
+    datalist = {"training": [{"image": "sub-01/scan.nii.gz", "label": "AD", "participant_id": "sub-01",
+                              "session_id": "ses-M00", "site": "siteA", "mask_path": "sub-01"}]}
+    (tmp_path / "list.json").write_text(json.dumps(datalist))
+    [record] = load_records(tmp_path / "list.json")
+    assert record["image"] == str(tmp_path / "sub-01" / "scan.nii.gz")
+    assert record["mask_path"] == str(tmp_path / "sub-01")
+    assert (record["label_name"], record["participant_id"], record["session_id"], record["site"]) == (
+        "AD", "sub-01", "ses-M00", "siteA")
+
+
+def test_datalist_entries_that_are_not_objects_are_named(tmp_path: Path) -> None:
+    (tmp_path / "list.json").write_text(json.dumps({"training": ["a.nii", {"image": "b.nii", "label": "CN"}],
+                                                    "testing": {"image": "c.nii"}}))
+    with pytest.raises(DataError) as caught:
+        load_records(tmp_path / "list.json")
+    entry_form = 'each entry must be an object like {"image": ..., "label": ...}'
+    assert caught.value.problems == [f"'training' entry 1 is a str, not an object; {entry_form}",
+                                     f"'testing' is a dict, not a list; {entry_form}"]

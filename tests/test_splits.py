@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from alz_monai.data.records import load_records
+from alz_monai.data.records import CONTENT_KEY, load_records
 from alz_monai.data.splits import (
     apply_split_table,
     assign_splits,
@@ -19,6 +19,7 @@ from alz_monai.data.splits import (
     resolve_splits,
     write_split_table,
 )
+from alz_monai.data.validate import ScanContent
 from alz_monai.errors import DataError, LeakageError
 
 CLASSES = ("CN", "MCI", "AD")
@@ -209,3 +210,25 @@ def test_records_for_split(sixty_subjects: list[dict]) -> None:
     assert records_for_split(records, "validation") == [r for r in records if r["split"] == "val"]
     with pytest.raises(ValueError, match="unknown split 'dev'"):
         records_for_split(records, "dev")
+
+
+def with_content(record: dict, voxels: str) -> dict:
+    return {**record, CONTENT_KEY: ScanContent(size=1, mtime_ns=0, file_sha256=record["image"], voxel_sha256=voxels)}
+
+
+def test_copies_under_other_participants_are_leakage_whatever_the_split() -> None:
+    """Where validation hashed the voxels, a copy under another participant is refused whatever the splits (they
+    may be split apart when the splits are recomputed); a copy under the same participant is no leakage."""
+    records = assign_splits(make_records([0, 1, 0, 1, 0, 1], sessions=2), seed=0)
+    records = [with_content(record, record["image"]) for record in records]
+    original, other = records[0], next(r for r in records if r["participant_id"] != records[0]["participant_id"])
+    same_person = next(r for r in records if r is not original and r["participant_id"] == original["participant_id"])
+    records[records.index(other)] = with_content(other, original[CONTENT_KEY].voxel_sha256)
+    records[records.index(same_person)] = with_content(same_person, original[CONTENT_KEY].voxel_sha256)
+    with pytest.raises(LeakageError) as caught:
+        check_no_leakage(records)
+    assert caught.value.problems == [
+        f"the same voxel data under participants {original['participant_id']} ({original['split']}: "
+        f"{original['image']}) and {other['participant_id']} ({other['split']}: {other['image']})"]
+    assert "Remove each copied scan, or list it under the participant it belongs to" in caught.value.hint
+    check_no_leakage([{key: value for key, value in record.items() if key != CONTENT_KEY} for record in records])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import io
 import os
 import time
 from pathlib import Path
@@ -10,7 +12,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from alz_monai.data.validate import ensure_valid, validate_records
+from alz_monai.data import validate
+from alz_monai.data.dataset import file_sha256
+from alz_monai.data.records import CONTENT_KEY
+from alz_monai.data.validate import check_records, ensure_valid, validate_records
 from alz_monai.errors import DataError
 
 CLASSES = ("CN", "AD")
@@ -153,3 +158,68 @@ def test_all_problems_reported_in_one_error(tmp_path: Path) -> None:
         assert fragment in message
     assert "label 'AD' is unknown" in message
     assert "good.nii.gz" not in message
+
+
+def test_foreground_follows_the_callers_fraction(tmp_path: Path) -> None:
+    """A background of 150 around a head of 1000: above 0.1 x 1000 (the whole field of view, a warning), below
+    0.2 x 1000 (a proper background)."""
+    data = np.full((12, 12, 12), 150.0, np.float32)
+    data[3:9, 3:9, 3:9] = 1000.0
+    path = save_nifti(tmp_path / "background.nii.gz", data)
+    [warning] = check_records([record(path)], CLASSES, progress=False, foreground_fraction=0.1).warnings
+    assert warning.startswith(f"{path}: 100.0% of the voxels are above the foreground threshold 100 (0.1 x")
+    assert not check_records([record(path)], CLASSES, progress=False, foreground_fraction=0.2).warnings
+
+
+@pytest.mark.parametrize(("bright", "expected"), [(1, "only 1 voxel is above"), (2, None)])
+def test_single_foreground_voxel_is_found_across_slabs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       bright: int, expected: str | None) -> None:
+    """Zeros with one or two bright voxels, in different slabs: one is too little to normalise, two suffice."""
+    monkeypatch.setattr(validate, "_SLAB_VOXELS", 10 * 10)  # one slice per slab
+    data = np.zeros((10, 10, 10), np.float32)
+    data[5, 5, 2] = 1.0
+    if bright == 2:
+        data[5, 5, 7] = 1.0
+    problems = problems_of(save_nifti(tmp_path / "dots.nii", data))
+    assert [expected in problem for problem in problems] == ([True] if expected else [])
+
+
+def test_content_hashes_follow_the_voxels_not_the_encoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The voxel hash is of the float32 volume the pipeline sees: the same for an int16 file and its float32
+    copy with another affine, whatever the slab size; the file hash is the cache's hash of the file's bytes."""
+    data = np.arange(1000, dtype=np.int16).reshape(10, 10, 10)
+    as_int = save_nifti(tmp_path / "int.nii.gz", data)
+    image = nib.Nifti1Image(data.astype(np.float32), np.diag([2.0, 2.0, 2.0, 1.0]))
+    as_float = tmp_path / "float.nii"
+    nib.save(image, as_float)
+    records = ensure_valid([record(as_int), record(as_float)], CLASSES, progress=False)
+    first, second = (item[CONTENT_KEY] for item in records)
+    assert first.voxel_sha256 == second.voxel_sha256
+    assert (first.file_sha256, second.file_sha256) == (file_sha256(as_int), file_sha256(as_float))
+    assert (first.size, first.mtime_ns) == (os.stat(as_int).st_size, os.stat(as_int).st_mtime_ns)
+    monkeypatch.setattr(validate, "_SLAB_VOXELS", 10 * 10 * 3)
+    [again] = ensure_valid([record(as_int)], CLASSES, progress=False)
+    assert again[CONTENT_KEY] == first
+
+
+def test_headers_only_checks_the_affine_and_hashes_nothing(tmp_path: Path) -> None:
+    path = save_nifti(tmp_path / "flat_affine.nii.gz", random_volume())
+    header_bytes = gzip.decompress(path.read_bytes())
+    header = nib.Nifti1Header.from_fileobj(io.BytesIO(header_bytes), check=False)
+    header["srow_z"] = header["srow_y"]
+    path.write_bytes(gzip.compress(header.binaryblock + header_bytes[header.sizeof_hdr:]))
+    report = check_records([record(path)], CLASSES, progress=False, read_voxels=False)
+    [problem] = report.errors
+    assert problem.startswith(f"{path}: the affine (from the sform, sform_code 2) is singular")
+    assert CONTENT_KEY not in report.records[0]
+
+
+def test_corrupt_gzip_trailer_is_found(tmp_path: Path) -> None:
+    """A flipped byte in the CRC at the end: the voxels decode, the check at the end of the gzip stream fails."""
+    path = save_nifti(tmp_path / "crc.nii.gz", random_volume())
+    damaged = bytearray(path.read_bytes())
+    damaged[-5] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+    [problem] = problems_of(path)
+    assert problem.startswith(f"{path}: gzip data is corrupt (CRC check failed")
+    assert problem.endswith("; re-export it or remove it from the table")

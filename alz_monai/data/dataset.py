@@ -59,9 +59,9 @@ def prepare_records(
 
     Validation reads every scan before any training so that all data problems are reported at once (with the
     bundle's ``foreground_fraction``, as its preprocessing crops); its hashes let the leakage guard find copies of
-    a scan under other participants and key the persistent cache. The split table written to ``output_dir`` is reused on resume and evaluation. With ``fold`` set, the
-    train and val participants are regrouped into ``num_folds`` folds and fold ``fold`` validates; the
-    test split is never touched.
+    a scan under other participants and key the persistent cache. The split table written to ``output_dir`` is
+    reused on resume and evaluation. With ``fold`` set, the train and val participants are regrouped into
+    ``num_folds`` folds and fold ``fold`` validates; the test split is never touched.
     """
     records = load_records(source, classes=classes)
     # under multi-GPU training rank 0 validates and writes the split table; the other ranks then reuse it

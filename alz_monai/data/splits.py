@@ -137,16 +137,15 @@ def _content_problems(records: Sequence[Record]) -> list[str]:
     def where(record: Record) -> str:
         return f"{record['participant_id']} ({record['split'] or 'no split'}: {record['image']})"
 
-    seen: dict[str, list[Record]] = defaultdict(list)
+    first_with: dict[str, Record] = {}
     problems = []
     for record in records:
         content = record.get(CONTENT_KEY)
         if content is None:
             continue
-        copies = seen[content.voxel_sha256]
-        problems += [f"the same voxel data under participants {where(first)} and {where(record)}"
-                     for first in copies if first["participant_id"] != record["participant_id"]]
-        copies.append(record)
+        first = first_with.setdefault(content.voxel_sha256, record)
+        if first["participant_id"] != record["participant_id"]:
+            problems.append(f"the same voxel data under participants {where(first)} and {where(record)}")
     unchecked = sum(1 for record in records if record.get(CONTENT_KEY) is None)
     if unchecked:
         logger.info("%d of %d scans were not validated, so copies of them under other participants are not "

@@ -18,10 +18,12 @@ Errors (the run stops; fix or remove the scan):
   resampling to the bundle's pixdim would give a volume of a few voxels or an enormous one;
 - NaN or Inf voxels as stored, or Inf after scaling to float32;
 - values beyond +-``MAX_MAGNITUDE`` (7.9e28) in float32: preprocessing sums voxels in float32 (interpolation,
-  foreground mean), and such values make those sums overflow to Inf and the volume NaN (e.g. int16 data with
-  scl_slope 1e30);
-- a constant volume; no voxel above the foreground threshold (e.g. every value <= 0): cropping and normalisation
-  have nothing to work on.
+  the foreground mean), and the bound keeps a sum over 2^32 voxels finite, more than any scan holds. Beyond it a
+  large volume's sums overflow to Inf and the volume becomes NaN (int16 data with scl_slope 1e30 in a 1 mm scan);
+  no MRI intensity comes near it;
+- a constant volume; no voxel (or only one) above the foreground threshold (e.g. every value <= 0 over a zero
+  background): cropping and normalisation have nothing to work on. With a positive 99.5th percentile at least
+  0.5% of the voxels exceed the threshold, so this happens only when that percentile is <= 0.
 
 Warnings (logged and returned; the scan is used as it is):
 
@@ -155,7 +157,7 @@ def _header_problems(path: str, image: Any, stored_header: Any, max_voxels: int)
     zooms = tuple(float(size) for size in stored_header.get_zooms()[:3])
     if not all(math.isfinite(size) and size > 0 for size in zooms):
         problems.append(
-            f"{path}: voxel sizes {zooms} in the header must be positive numbers; fix pixdim in the header or "
+            f"{path}: voxel sizes {zooms} in the header must be positive numbers; fix pixdim in the header, "
             f"{_REMOVE}"
         )
     return problems
@@ -178,13 +180,13 @@ def _affine_check(path: str, image: Any) -> _ScanCheck:
     rotation_zoom = np.asarray(image.affine, dtype=np.float64)[:3, :3]
     if not np.isfinite(image.affine).all():
         check.errors.append(f"{path}: the affine (from {source}) has NaN or Inf entries; fix the header's "
-                            f"srow_x/y/z or quatern/qoffset fields or {_REMOVE}")
+                            f"srow_x/y/z or quatern/qoffset fields, {_REMOVE}")
         return check
     singular_values = np.linalg.svd(rotation_zoom, compute_uv=False)
     if singular_values[-1] <= SINGULAR_RATIO * singular_values[0]:
         described = "zero" if singular_values[0] == 0 else "singular (its axes collapse onto a plane or line)"
         check.errors.append(f"{path}: the affine (from {source}) is {described}; fix the header's orientation "
-                            f"(or set its code to 0 to use the other form) or {_REMOVE}")
+                            f"(or set its code to 0 to use the other form), {_REMOVE}")
         return check
     sizes = tuple(float(size) for size in np.linalg.norm(rotation_zoom, axis=0))
     low, high = VOXEL_SIZE_RANGE_MM
@@ -193,7 +195,7 @@ def _affine_check(path: str, image: Any) -> _ScanCheck:
         check.errors.append(
             f"{path}: voxel sizes {tuple(round(size, 6) for size in sizes)} (from {source}; units: {units}) are "
             f"outside {low:g}-{high:g} mm, implausible for brain MRI; fix pixdim, the affine or xyzt_units in the "
-            f"header, or {_REMOVE}"
+            f"header, {_REMOVE}"
         )
     if int(header["sform_code"]) <= 0 and int(header["qform_code"]) <= 0:
         orientation = "".join(nib.aff2axcodes(image.affine))
@@ -210,7 +212,9 @@ def _voxels_are(count: int) -> str:
 
 def _scaling(image: Any) -> str:
     slope, inter = image.dataobj.slope, image.dataobj.inter
-    return "" if (slope, inter) == (1.0, 0.0) else f" after the header's scaling (scl_slope={slope:g}, scl_inter={inter:g})"
+    if (slope, inter) == (1.0, 0.0):
+        return ""
+    return f" after the header's scaling (scl_slope={slope:g}, scl_inter={inter:g})"
 
 
 @dataclass
@@ -272,15 +276,15 @@ def _voxel_check(path: str, image: Any, foreground_fraction: float) -> tuple[lis
             errors.append(f"{path}: {_voxels_are(stats.inf)} infinite (Inf){scaling}; {_REMOVE}")
         if stats.overflow:
             errors.append(f"{path}: {_voxels_are(stats.overflow)} beyond the float32 range{scaling} and become Inf "
-                          f"in preprocessing; fix scl_slope/scl_inter in the header or {_REMOVE}")
+                          f"in preprocessing; fix scl_slope/scl_inter in the header, {_REMOVE}")
         return errors, [], None
     if stats.low == stats.high:
         return [f"{path}: every voxel is {stats.low:g} (constant volume, no image content); {_REMOVE}"], [], None
     magnitude = max(abs(stats.low), abs(stats.high))
     if magnitude > MAX_MAGNITUDE:
-        return [f"{path}: values reach {magnitude:.3g}{_scaling(image)}, beyond +-{MAX_MAGNITUDE:.2g} where "
-                f"float32 sums in preprocessing overflow and give NaN; fix scl_slope/scl_inter in the header or "
-                f"{_REMOVE}"], [], None
+        return [f"{path}: values reach {magnitude:.3g}{_scaling(image)}, beyond +-{MAX_MAGNITUDE:.2g}: float32 "
+                f"sums over the volume in preprocessing can overflow to Inf and make it NaN; fix scl_slope/scl_inter "
+                f"in the header, {_REMOVE}"], [], None
     sample = np.concatenate(stats.samples)
     selector = ForegroundThreshold(foreground_fraction)
     threshold = selector.threshold(sample)
@@ -289,7 +293,7 @@ def _voxel_check(path: str, image: Any, foreground_fraction: float) -> tuple[lis
     if stats.second <= threshold:
         count = "no voxel is" if stats.high <= threshold else "only 1 voxel is"
         return [f"{path}: {count} above {described}, so there is no head to crop and normalise; check the "
-                f"intensities (e.g. all values <= 0) or {_REMOVE}"], [], digest.hexdigest()
+                f"intensities (e.g. all values <= 0), {_REMOVE}"], [], digest.hexdigest()
     share = float(np.mean(sample > threshold))
     warnings = []
     if share > FULL_FOREGROUND_SHARE:
