@@ -4,13 +4,17 @@
 #   bash benchmarks/gpu_suite.sh ceiling   # original pipeline; cache fill; model-only step per lever (no compile)
 #   bash benchmarks/gpu_suite.sh speed     # model-only step: the stem by space-to-depth; every lever incl.
 #                                          # compile and CUDA graphs; batch 32
+#   bash benchmarks/gpu_suite.sh step      # the step with the space-to-depth stem: eager, compiled, CUDA graphs,
+#                                          # kernel profiles of the eager and compiled steps
+#   bash benchmarks/gpu_suite.sh stem      # stem variants (taps folded into channels, max-pool forms), alone and
+#                                          # in eager, compiled and CUDA-graph steps
 #   bash benchmarks/gpu_suite.sh memory    # kernel profiles, peak memory per batch, the largest batch
 #   bash benchmarks/gpu_suite.sh pipeline  # bundle end to end (background vs synchronous checkpoints),
 #                                          # validity on the test split, GPU latency, Grad-CAM at layer3
 #   bash benchmarks/gpu_suite.sh saliency  # a 20-epoch stage-1 model, then Grad-CAM (layer4) and occlusion scored
 # Each part runs once per $WORK folder: the bundles refuse to overwrite a finished run (set WORK to start afresh).
 set -uo pipefail
-part=${1:?ceiling, speed, memory, pipeline or saliency}
+part=${1:?ceiling, speed, step, stem, memory, pipeline or saliency}
 cd "$(dirname "$0")/.."
 work=${WORK:-/tmp/alz-work}
 export BENCH_OUT=$work/results PYTHONUNBUFFERED=1
@@ -57,8 +61,23 @@ speed)  # the stem, the uncompiled levers, then the compiled ones (minutes of co
     step timeout 150 python3 benchmarks/model_step.py --models resnet18,mosa_shared,resnet50 --compile-models "" \
         --size 128 --batch 16 --steps 15 --extra-batches 32 --memory-batches ""
     step timeout 250 env BENCH_OUT="$BENCH_OUT/compiled" python3 benchmarks/model_step.py \
-        --models resnet18,mosa_shared --levers bf16_channels_last_compile,bf16_channels_last_compile_cudagraphs \
+        --models resnet18,mosa_shared --levers bf16_channels_last_stem_compile,bf16_channels_last_stem_compile_cudagraphs \
         --size 128 --batch 16 --steps 15 --memory-batches ""
+    ;;
+step)  # eager with and without the stem, then compiled (Inductor's cache in $work makes a second call cheaper)
+    export TORCHINDUCTOR_CACHE_DIR=$work/inductor
+    step timeout 120 env BENCH_OUT="$BENCH_OUT/eager" python3 benchmarks/model_step.py \
+        --models resnet18,mosa_shared,resnet50 --levers bf16_channels_last,bf16_channels_last_stem \
+        --compile-models "" --size 128 --batch 16 --steps 15 --memory-batches ""
+    step timeout 330 env BENCH_OUT="$BENCH_OUT/compiled" python3 benchmarks/model_step.py \
+        --models resnet18,mosa_shared --levers "${LEVERS:-bf16_channels_last_stem_compile}" --size 128 --batch 16 \
+        --steps 15 --memory-batches "" --profile-models resnet18,mosa_shared \
+        --profile-levers bf16_channels_last_stem,bf16_channels_last_stem_compile
+    step timeout 90 python3 benchmarks/stem_layout.py --models resnet18 --size 128 --batch 16 --steps 10
+    ;;
+stem)
+    export TORCHINDUCTOR_CACHE_DIR=$work/inductor
+    step timeout 560 python3 benchmarks/stem_variants.py --size 128 --batch 16
     ;;
 memory)  # kernel profiles; peak memory at two batch sizes, then the predicted largest batch run
     step timeout 400 env BENCH_OUT="$BENCH_OUT/memory" python3 benchmarks/model_step.py \

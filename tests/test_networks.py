@@ -318,3 +318,20 @@ def test_parameter_counts() -> None:
     encoder_size = _count_parameters(models["mosa"].encoders[0])
     scale_embedding_size = models["mosa_shared"].scale_embedding.numel()
     assert counts["mosa_shared"] == counts["mosa"] - 4 * encoder_size + scale_embedding_size
+
+
+def test_stem_max_pool_is_left_out_of_compiled_graphs() -> None:
+    """torch.compile hands the stem's max-pool to ATen's kernel (Inductor's is slower there), same results."""
+    network = resnet10_3d().eval()
+    graphs: list[str] = []
+
+    def record(graph_module: torch.fx.GraphModule, example_inputs: list) -> object:
+        graphs.append(graph_module.code)
+        return graph_module.forward
+
+    images = torch.randn(2, 1, 32, 32, 32)
+    torch._dynamo.reset()
+    compiled = torch.compile(network, backend=record)(images)
+    assert any("conv" in code for code in graphs)
+    assert not any("max_pool" in code for code in graphs)
+    torch.testing.assert_close(compiled, network(images), rtol=0, atol=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 
 import torch
@@ -12,8 +13,11 @@ from alz_monai.errors import ConfigError
 
 from .mosa import Mosa, MosaShared
 from .resnet3d import RESNET_ARCHITECTURES, build_resnet3d
+from .space_to_depth import space_to_depth_stems
 
 __all__ = ["NETWORK_NAMES", "ViTClassifier", "get_network", "to_device"]
+
+logger = logging.getLogger(__name__)
 
 
 class ViTClassifier(nn.Module):
@@ -105,15 +109,26 @@ def get_network(
     return builder(in_channels=in_channels, num_classes=num_classes, spatial_size=spatial_size, **options)
 
 
-def to_device(network: nn.Module, device: torch.device | str, channels_last: bool = False) -> nn.Module:
+def to_device(
+    network: nn.Module, device: torch.device | str, channels_last: bool = False, space_to_depth: bool | None = None
+) -> nn.Module:
     """Move a network to ``device``; ``channels_last`` stores its 3D convolution weights channels-last.
 
     Only the 5D weights change layout (``Module.to(memory_format=...)`` refuses modules that also hold
     4D parameters, such as Mosa's positional embeddings); cuDNN then picks its channels-last kernels.
+    ``space_to_depth`` computes the strided one-channel stem by space-to-depth (``space_to_depth_stems``: same
+    parameters, checkpoints and results); ``None`` takes the faster way on the device: space-to-depth on CUDA,
+    where cuDNN has no tensor-core kernel for the direct stem, the direct convolution on the CPU, where oneDNN's is
+    faster (``benchmarks/stem_layout.py``).
     """
     network = network.to(device)
     if channels_last:
         for module in network.modules():
             if isinstance(module, nn.Conv3d):
                 module.to(memory_format=torch.channels_last_3d)
+    if space_to_depth is None:
+        space_to_depth = torch.device(device).type == "cuda"
+    if space_to_depth:
+        converted = space_to_depth_stems(network)
+        logger.debug("Stem convolutions computed by space-to-depth: %s", converted)
     return network
