@@ -28,10 +28,10 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from alz_monai import layout, plots
-from alz_monai.compare import Predictions, load_predictions
 from alz_monai.crossval import CV_SUMMARY_NAME, fold_dir
 from alz_monai.fileio import atomic_write_text
 from alz_monai.handlers.tensorboard import EPOCH_LOSS_TAG
+from alz_monai.predictions import Predictions, load_predictions
 from alz_monai.reports import SUMMARY_METRICS
 
 __all__ = [
@@ -347,6 +347,21 @@ def _interval(interval: Mapping[str, Any] | None) -> str:
     return f"[{_number(interval['low'])}, {_number(interval['high'])}]"
 
 
+def _model_note(evaluation: Evaluation) -> str:
+    """Which model the evaluation scored, and a warning when the folder marks the report as stale."""
+    model = evaluation.metrics.get("model") or {}
+    note = ""
+    if model.get("checkpoint"):
+        note = f"Model: {Path(model['checkpoint']).name}"
+        if model.get("training_epoch") is not None:
+            note += f", training epoch {model['training_epoch']}"
+        note += "."
+    stale = evaluation.folder / layout.STALE_MARKER_NAME
+    if stale.is_file():
+        note += " Stale: " + stale.read_text(encoding="utf-8").strip()
+    return note.strip()
+
+
 def _interval_note(evaluation: Evaluation) -> str:
     """How the intervals were made, from what they state (level, resamples, unit) or the run's defaults."""
     if not evaluation.intervals:
@@ -452,6 +467,7 @@ def _run_context(report: RunReport) -> dict[str, Any]:
         "n": evaluation.metrics.get("num_samples"),
         "participants": evaluation.num_participants,
         "interval_note": _interval_note(evaluation),
+        "model_note": _model_note(evaluation),
         "per_class": _per_class_rows(evaluation),
         "figures": [{"kind": kind, "label": FIGURE_LABELS[kind], "src": _data_uri(png)}
                     for kind, png in evaluation.figures.items()],
@@ -617,6 +633,7 @@ _RUN_BLOCKS = _ENVIRONMENT.from_string("""
 <p class="note">N = {{ evaluation.n }} scans
   {%- if evaluation.participants %} of {{ evaluation.participants }} participants{% endif %};
   {{ evaluation.interval_note }}.</p>
+{% if evaluation.model_note %}<p class="note">{{ evaluation.model_note }}</p>{% endif %}
 {% if evaluation.per_class %}
 <h3>Per class</h3>
 <table>

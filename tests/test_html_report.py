@@ -146,18 +146,21 @@ def test_report_shows_metrics_classes_data_configuration_and_timeline(recorded_r
     assert "caching 2026-01-01 10:00:00 UTC 30.0 s" in text and "training 2026-01-01 10:00:30 UTC 5.0 min" in text
 
 
-def test_report_without_recorded_configuration_says_so_and_derives_the_timeline(
+def test_report_without_recorded_configuration_says_so_derives_the_timeline_and_flags_stale_reports(
     stage1_run: BundleRun, tmp_path: Path
 ) -> None:
     run = copy_run(stage1_run.output_dir, tmp_path / "run")
     (run / layout.RUN_CONFIG_NAME).unlink(missing_ok=True)
+    (run / "reports" / layout.STALE_MARKER_NAME).write_text("the run was resumed and found a better model\n")
     report = load_run(run, band_resamples=0)
     phases = {phase.name: phase for phase in report.timeline}
     training = phases[f"training ({stage1_run.num_epochs} epochs, validation included)"]
     assert training.seconds > 0 and training.source == "TensorBoard event times"
     assert phases["evaluation: test split"].seconds >= 0
     assert report.curves_png is not None and report.model is None
-    assert "recorded no run_config.yaml" in parse(render_report(report)).text
+    text = parse(render_report(report)).text
+    assert "recorded no run_config.yaml" in text
+    assert "Stale: the run was resumed and found a better model" in text
 
 
 def test_figures_come_from_the_run_files_where_it_kept_no_predictions(stage1_run: BundleRun, tmp_path: Path) -> None:
@@ -194,7 +197,7 @@ def test_cross_validation_report_shows_the_folds_beside_the_ensemble(stage1_run:
     for name in ("test_metrics.json", "test_predictions.csv"):  # what aggregate_cross_validation writes: no figures
         shutil.copy(stage1_run.output_dir / "reports" / name, cv_dir / "reports" / name)
     (cv_dir / "cv_summary.json").write_text(json.dumps({"folds": [0], "num_folds": 2}), encoding="utf-8")
-    text = parse(write_cv_report(cv_dir, band_resamples=BAND_RESAMPLES).read_text(encoding="utf-8")).text
+    text = parse(write_cv_report(cv_dir, band_resamples=0).read_text(encoding="utf-8")).text
     assert text.startswith("alz-monai comparison report Cross-validation, 1 of 2 folds")
     assert "fold 0" in text and "ensemble" in text
 
