@@ -1,4 +1,5 @@
-"""ONNX export: both bundles' networks, both stem forms, checked with onnxruntime at batch sizes other than the traced one."""
+"""ONNX export: both bundles' networks, both stem forms, checked by onnxruntime at batch sizes other than the traced
+one."""
 
 from __future__ import annotations
 
