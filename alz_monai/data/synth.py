@@ -525,12 +525,14 @@ def plot_examples(dataset_dir: str | Path, out_png: str | Path, *, per_class: in
         image = _canonical_volume(root / example["image"])
         atrophy = _canonical_volume(root / example["atrophy_map"])
         shown = {"cmap": "gray", "vmin": 0.0, "vmax": float(np.percentile(image.dataobj, 99.5)), "origin": "lower"}
+        voxel = np.abs(np.diag(image.affine)[:3])  # anisotropic voxels drawn to scale
+        coronal_aspect, axial_aspect = voxel[2] / voxel[0], voxel[1] / voxel[0]
         coronal = _slice_at(image, axis=1, world_mm=hippocampus_y).T
-        column[0].imshow(coronal, **shown)
-        column[1].imshow(_slice_at(image, axis=2, world_mm=ventricles_z).T, **shown)
-        column[2].imshow(coronal, **shown)
+        column[0].imshow(coronal, aspect=coronal_aspect, **shown)
+        column[1].imshow(_slice_at(image, axis=2, world_mm=ventricles_z).T, aspect=axial_aspect, **shown)
+        column[2].imshow(coronal, aspect=coronal_aspect, **shown)
         lost = np.ma.masked_less(_slice_at(atrophy, axis=1, world_mm=hippocampus_y).T, 0.02)
-        column[2].imshow(lost, cmap="autumn_r", vmin=0.0, vmax=0.6, alpha=0.8, origin="lower")
+        column[2].imshow(lost, cmap="autumn_r", vmin=0.0, vmax=0.6, alpha=0.8, origin="lower", aspect=coronal_aspect)
         column[0].set_title(f"{example['label']} {example['participant_id']}\nage {example['age']:.0f}, "
                             f"latent {example['latent_atrophy']:.2f}", fontsize=8)
         for axis_ in column:
