@@ -117,8 +117,8 @@ BAD_SCANS: dict[str, tuple[str, Callable[[Path], None] | None, str]] = {
     "truncated_nii_gz": ("truncated.nii.gz", truncate,
                          f"{{path}}: file is truncated (gzip stream ended early); {REMOVE}"),
     "random_bytes_nii": ("noise.nii", lambda path: path.write_bytes(np.random.default_rng(0).bytes(4096)),
-                         ('{path}: cannot be read as a NIfTI image (Cannot work out file type of "{path}"); '
-                          f"{REMOVE}")),
+                         ("{path}: cannot be read as a NIfTI image (no NIfTI-1 or NIfTI-2 header at the start of "
+                          f"the file); {REMOVE}")),
     "absurd_dimensions": ("huge.nii", absurd_header,
                           ("{path}: header claims shape (30000, 30000, 30000) = 27,000,000,000,000 voxels "
                            "(54,000,000,000,000 bytes of int16), more than max_voxels=1,073,741,824; the header is "
