@@ -8,13 +8,17 @@
 #                                          # kernel profiles of the eager and compiled steps
 #   bash benchmarks/gpu_suite.sh stem      # stem variants (taps folded into channels, max-pool forms), alone and
 #                                          # in eager, compiled and CUDA-graph steps
+#   bash benchmarks/gpu_suite.sh final     # the defaults' step: eager, compiled, CUDA graphs, profiles; starts
+#                                          # making 600 1-mm scans in the background for `ttr`
+#   bash benchmarks/gpu_suite.sh ttr       # cache fill of 1-mm scans per worker count; time to result (600 scans,
+#                                          # stage 1 40 epochs, stage 2 30 epochs, test evaluation)
 #   bash benchmarks/gpu_suite.sh memory    # kernel profiles, peak memory per batch, the largest batch
 #   bash benchmarks/gpu_suite.sh pipeline  # bundle end to end (background vs synchronous checkpoints),
 #                                          # validity on the test split, GPU latency, Grad-CAM at layer3
 #   bash benchmarks/gpu_suite.sh saliency  # a 20-epoch stage-1 model, then Grad-CAM (layer4) and occlusion scored
 # Each part runs once per $WORK folder: the bundles refuse to overwrite a finished run (set WORK to start afresh).
 set -uo pipefail
-part=${1:?ceiling, speed, step, stem, memory, pipeline or saliency}
+part=${1:?ceiling, speed, step, stem, final, ttr, memory, pipeline or saliency}
 cd "$(dirname "$0")/.."
 work=${WORK:-/tmp/alz-work}
 export BENCH_OUT=$work/results PYTHONUNBUFFERED=1
@@ -78,6 +82,24 @@ step)  # eager with and without the stem, then compiled (Inductor's cache in $wo
 stem)
     export TORCHINDUCTOR_CACHE_DIR=$work/inductor
     step timeout 560 python3 benchmarks/stem_variants.py --size 128 --batch 16
+    ;;
+final)  # the scans are made on the CPU meanwhile (niced, in their own session: they outlive this call)
+    mkdir -p "$work/ttr"
+    [ -f "$work/ttr/data/scans.tsv" ] || setsid nice -n 19 python3 -m alz_monai.cli synth "$work/ttr/data" \
+        --subjects 300 --sessions 2 --spacing 1.0 --workers 12 >"$BENCH_OUT/synth_1mm.log" 2>&1 < /dev/null &
+    export TORCHINDUCTOR_CACHE_DIR=$work/inductor
+    step timeout 420 env BENCH_OUT="$BENCH_OUT/final" python3 benchmarks/model_step.py --models resnet18,mosa_shared \
+        --levers bf16_channels_last_stem,bf16_channels_last_stem_compile,bf16_channels_last_stem_compile_cudagraphs \
+        --size 128 --batch 16 --steps 20 --memory-batches "" --profile-models resnet18,mosa_shared \
+        --profile-levers bf16_channels_last_stem_compile
+    ;;
+ttr)
+    while [ ! -f "$work/ttr/data/scans.tsv" ] && pgrep -f "alz_monai.cli synth $work/ttr/data" >/dev/null; do sleep 5; done
+    step timeout 100 python3 benchmarks/cache_fill.py "$work/ttr/data" --workers 1,4,8,15 --limit 45
+    step timeout 470 python3 benchmarks/time_to_result.py "$work/ttr" --scans 600 --label h200 -- \
+        --spatial_size "[128,128,128]" --pixdim "[1.5,1.5,1.5]" --batch_size 16 --cache_workers 15 \
+        --cache_device cuda:0 --augmentation_on batch --amp true --channels_last true --background_checkpoint true \
+        --progress_bar false --log_every_n_steps 50
     ;;
 memory)  # kernel profiles; peak memory at two batch sizes, then the predicted largest batch run
     step timeout 400 env BENCH_OUT="$BENCH_OUT/memory" python3 benchmarks/model_step.py \
