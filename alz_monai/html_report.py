@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import dataclasses
 import datetime
 import json
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,8 @@ class Evaluation:
 
     label: str
     split: str
+    prefix: str
+    """Of the folder's files: the split, or ``best_val`` for the best-validation report."""
     folder: Path
     metrics: dict[str, Any]
     predictions: Predictions | None
@@ -112,8 +115,8 @@ class RunReport:
 
     @property
     def headline(self) -> Evaluation | None:
-        tests = [evaluation for evaluation in self.evaluations if evaluation.split != "val"]
-        return (tests or self.evaluations or [None])[0]
+        ranked = sorted(self.evaluations, key=lambda e: (e.prefix == BEST_VALIDATION_PREFIX, e.split == "val"))
+        return ranked[0] if ranked else None
 
 
 def _load_json(path: Path) -> dict[str, Any] | None:
@@ -121,13 +124,16 @@ def _load_json(path: Path) -> dict[str, Any] | None:
 
 
 def _model_name(config: Mapping[str, Any] | None) -> str | None:
+    """The recorded network's name; a reference to a knob (Mosa's ``name: '@network_name'``) is looked up."""
     if not config:
         return None
     components = config.get("components") or {}
     network = components.get("network_def") if isinstance(components, Mapping) else None
     name = network.get("name") if isinstance(network, Mapping) else None
     knobs = config.get("knobs") or {}
-    return str(name or knobs.get("network_name") or knobs.get("backbone") or "") or None
+    if isinstance(name, str) and name.startswith("@"):
+        name = knobs.get(name[1:])
+    return str(name) if name else None
 
 
 def _evaluation_folders(run_dir: Path) -> list[tuple[str, str, Path]]:
@@ -163,17 +169,18 @@ def _figures(folder: Path, prefix: str, predictions: Predictions | None, context
 
 def _load_evaluations(run_dir: Path, model: str | None, band_resamples: int) -> list[Evaluation]:
     evaluations = []
-    for label, split, folder in _evaluation_folders(run_dir):
-        report = _load_json(folder / f"{split}_metrics.json") or {}
-        csv_path = folder / f"{split}_predictions.csv"
+    for label, prefix, folder in _evaluation_folders(run_dir):
+        report = _load_json(folder / f"{prefix}_metrics.json") or {}
+        csv_path = folder / f"{prefix}_predictions.csv"
         predictions = load_predictions(csv_path) if csv_path.is_file() else None
-        shown_split = "validation" if split == BEST_VALIDATION_PREFIX else split
-        if split == BEST_VALIDATION_PREFIX and report.get("epoch") is not None:
+        best_validation = prefix == BEST_VALIDATION_PREFIX
+        if best_validation and report.get("epoch") is not None:
             label = f"validation, best epoch {report['epoch']}"
         participants = len(set(predictions.participants)) if predictions and predictions.groups else None
-        context = plots.FigureContext(shown_split, model, report.get("num_samples"), participants)
-        evaluations.append(Evaluation(label, "val" if split == BEST_VALIDATION_PREFIX else split, folder, report,
-                                      predictions, _figures(folder, split, predictions, context, band_resamples)))
+        context = plots.FigureContext("validation" if best_validation else prefix, model, report.get("num_samples"),
+                                      participants)
+        evaluations.append(Evaluation(label, "val" if best_validation else prefix, prefix, folder, report, predictions,
+                                      _figures(folder, prefix, predictions, context, band_resamples)))
     return evaluations
 
 
@@ -182,12 +189,25 @@ def _scalars(folder: Path) -> dict[str, tuple[list[int], list[float], list[float
     if not folder.is_dir() or not any(folder.glob("events.out.tfevents.*")):
         return {}
     accumulator = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 1, "histograms": 1})
-    accumulator.Reload()
+    with _quiet("tensorboard"):  # its directory watcher logs each event file it finishes at INFO
+        accumulator.Reload()
     series = {}
     for tag in accumulator.Tags().get("scalars", []):
         events = accumulator.Scalars(tag)
         series[tag] = ([e.step for e in events], [e.value for e in events], [e.wall_time for e in events])
     return series
+
+
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Logger ``name`` at WARNING for the duration of the block."""
+    chosen = logging.getLogger(name)
+    level = chosen.level
+    chosen.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        chosen.setLevel(level)
 
 
 def _writer_created(folder: Path) -> float | None:
@@ -242,9 +262,9 @@ def _timeline(run_dir: Path, scalars: Mapping[str, Mapping[str, tuple]], evaluat
     else:
         training_end = None
     for evaluation in evaluations:
-        if evaluation.split == "val":
+        if evaluation.prefix == BEST_VALIDATION_PREFIX:  # written during training, whose time it is part of
             continue
-        path = evaluation.folder / f"{evaluation.split}_metrics.json"
+        path = evaluation.folder / f"{evaluation.prefix}_metrics.json"
         end = path.stat().st_mtime
         start = training_end if evaluation.folder.name == layout.REPORTS_DIRNAME else _writer_created(
             evaluation.folder / layout.TENSORBOARD_DIRNAME)
@@ -463,7 +483,7 @@ def _run_context(report: RunReport) -> dict[str, Any]:
                               "interval": _interval(headline.intervals.get(name))})
     evaluations = [{
         "label": evaluation.label,
-        "slug": f"{evaluation.split}-{index}",
+        "slug": f"{evaluation.prefix}-{index}",
         "n": evaluation.metrics.get("num_samples"),
         "participants": evaluation.num_participants,
         "interval_note": _interval_note(evaluation),

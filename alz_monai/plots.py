@@ -410,8 +410,8 @@ def plot_saliency_slices(
         axes.set_axis_off()
     figure.colorbar(overlay, ax=figure.axes, shrink=0.8, label="saliency (scaled to [0, 1])")
     if empty:
-        figure.text(0.5, 0.04, "map is all zeros: no evidence for the class anywhere in the head", ha="center",
-                    color="#c0392b", fontsize=10)
+        figure.supxlabel("map is all zeros: no evidence for the class anywhere in the head", color="#c0392b",
+                         fontsize=10)
     if title:
         figure.suptitle(title, fontsize=10)
     return figure
