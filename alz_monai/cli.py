@@ -95,7 +95,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_explain(args: argparse.Namespace) -> int:
     import json
 
-    from alz_monai.demo import run_bundle
+    from alz_monai.recipes import run_bundle
 
     overrides = {"input": str(Path(args.input).absolute()), "output_dir": str(Path(args.run_dir).absolute()),
                  "saliency_methods": json.dumps(args.methods)}
@@ -106,9 +106,18 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         if not sep:
             raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
         overrides[key] = value
-    run_bundle(args.bundle, "explaining", ["configs/train.yaml", "configs/explain.yaml"], overrides)
+    run_bundle(args.bundle or _bundle_of(Path(args.run_dir)), "explaining", ("explain",), overrides)
     print(f"saliency maps in {Path(args.run_dir) / 'saliency'}")
     return 0
+
+
+def _bundle_of(run_dir: Path) -> str:
+    """The bundle a run was trained with, from its recorded configuration (stage 1 when it has none)."""
+    from alz_monai.recipes import STAGE1, STAGE2
+    from alz_monai.run_config import load_run_config
+
+    recorded = load_run_config(run_dir) or {}
+    return STAGE2 if any(Path(f).parent.parent.name == STAGE2 for f in recorded.get("config_files", [])) else STAGE1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,11 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     explain = sub.add_parser("explain", help="Grad-CAM and occlusion maps of scans, on each scan's own grid")
     explain.add_argument("input", help="a NIfTI scan, a folder of them or a text file listing them")
     explain.add_argument("--run-dir", required=True, help="training run whose checkpoints/model_best.pt is explained")
-    explain.add_argument("--bundle", default="ad_resnet3d", choices=("ad_resnet3d", "ad_mosa"))
+    explain.add_argument("--bundle", default=None, choices=("ad_resnet3d", "ad_mosa"),
+                         help="bundle of the run (default: the one its run_config.yaml names)")
     explain.add_argument("--methods", nargs="+", default=["gradcam", "occlusion"], choices=("gradcam", "occlusion"))
     explain.add_argument("--target", default=None, help="class to explain, e.g. AD (default: the predicted class)")
     explain.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                         help="bundle overrides the run was trained with (e.g. spatial_size=[96,112,96])")
+                         help="bundle overrides, e.g. occlusion_mask_size=24 (the run's own knobs come from its "
+                              "run_config.yaml)")
     explain.set_defaults(func=_cmd_explain)
 
     add_cv_parser(sub)

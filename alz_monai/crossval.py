@@ -29,6 +29,7 @@ from alz_monai.data.splits import SPLIT_TABLE_NAME, read_split_table, write_spli
 from alz_monai.errors import LeakageError
 from alz_monai.fileio import atomic_write_json
 from alz_monai.metrics import to_jsonable
+from alz_monai.recipes import BUNDLES, STAGE1, bundle_command
 from alz_monai.reports import SUMMARY_METRICS, format_metrics_table, load_json
 from alz_monai.run_dir import latest_checkpoint
 
@@ -52,7 +53,7 @@ CV_SUMMARY_NAME = "cv_summary.json"
 CV_SETTINGS_NAME = "cv_settings.json"
 FOLD_LOG_NAME = "cv_fold.log"
 RUN_SUMMARY_NAME = "summary_all.json"
-TRAIN_CONFIG = Path("configs") / "train.yaml"
+TRAIN_CONFIG = Path("configs") / "train.yaml"  # every bundle folder holds one
 #: Bundle arguments the cross-validation sets itself for every fold.
 RESERVED_OVERRIDES = ("--fold", "--num_folds", "--output_dir", "--resume", "--eval_split")
 # Not metrics, though numeric, in a run summary.
@@ -68,13 +69,13 @@ def fold_dir(output_dir: str | Path, fold: int) -> Path:
 
 
 def training_command(
-    fold: int, num_folds: int, output_dir: str | Path, overrides: Sequence[str] = (), resume: bool = False
+    fold: int, num_folds: int, output_dir: str | Path, overrides: Sequence[str] = (), resume: bool = False,
+    bundle: str = STAGE1,
 ) -> list[str]:
     """The ``monai.bundle run training`` command of one fold, run from the bundle folder."""
-    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(TRAIN_CONFIG),
-               "--fold", str(fold), "--num_folds", str(num_folds), "--output_dir", str(fold_dir(output_dir, fold))]
-    # Fire, which parses the bundle's arguments, reads "True" as a boolean but "true" as a string.
-    return [*command, *(["--resume", "True"] if resume else []), *overrides]
+    fold_options = ["--fold", str(fold), "--num_folds", str(num_folds), "--output_dir", str(fold_dir(output_dir, fold))]
+    return bundle_command(bundle, "training", (), [*fold_options, *(["--resume", "true"] if resume else []),
+                                                   *overrides])
 
 
 def _check_overrides(overrides: Sequence[str]) -> None:
@@ -150,7 +151,7 @@ def run_cross_validation(
     to test on the same scans); otherwise the first fold to train writes it.
     """
     bundle_dir, output_dir = Path(bundle_dir).absolute(), Path(output_dir).absolute()
-    if not (bundle_dir / TRAIN_CONFIG).is_file():
+    if not (bundle_dir / TRAIN_CONFIG).is_file() or bundle_dir.name not in BUNDLES:
         raise FileNotFoundError(f"{bundle_dir / TRAIN_CONFIG} does not exist; pass a bundle folder such as "
                                 "bundles/ad_resnet3d.")
     if num_folds < 2:
@@ -179,7 +180,7 @@ def run_cross_validation(
         if shared_split.is_file():
             _share_split_table(shared_split, run_dir / SPLIT_TABLE_NAME)
         resume = latest_checkpoint(run_dir) is not None
-        command = training_command(fold, num_folds, output_dir, overrides, resume=resume)
+        command = training_command(fold, num_folds, output_dir, overrides, resume=resume, bundle=bundle_dir.name)
         logger.info("%s fold %d of %d: %s", "resuming" if resume else "training", fold, num_folds, " ".join(command))
         log_path = run_dir / FOLD_LOG_NAME
         return_code = _run_logged(command, bundle_dir, log_path)

@@ -7,20 +7,16 @@ type it; each demo run gets its own time-stamped folder, so nothing earlier is o
 from __future__ import annotations
 
 import logging
-import shlex
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import alz_monai
+from alz_monai.layout import BEST_MODEL_NAME, CHECKPOINTS_DIRNAME, EVALUATION_DIRNAME, SUMMARY_NAME
+from alz_monai.recipes import BUNDLES_DIR, STAGE1, STAGE2, run_bundle
 from alz_monai.reports import format_metrics_table, load_json
 
-__all__ = ["BUNDLES_DIR", "run_demo", "run_bundle"]
+__all__ = ["run_demo"]
 
 logger = logging.getLogger(__name__)
-
-BUNDLES_DIR = Path(alz_monai.__file__).resolve().parent.parent / "bundles"
 
 # Small enough for a 2-core CPU in a few minutes. The demo data carry a stronger disease effect than the
 # default (theoretical best accuracy 0.98 instead of 0.88) so that a few CPU epochs can learn it; the default
@@ -32,20 +28,6 @@ DEMO_STAGE1 = {"num_epochs": "15", "learning_rate": "0.001", "network_def#name":
 DEMO_STAGE2 = {"num_epochs": "6", "warmup_epochs": "1", "learning_rate": "0.0005", "backbone": "resnet10",
                "embed_dim": "64", "num_heads": "4", "depth": "1"}
 FAST = {"subjects": 12, "num_epochs": "2"}
-
-
-def run_bundle(bundle: str, run_id: str, config_files: list[str], overrides: dict[str, str]) -> None:
-    """``python -m monai.bundle run RUN_ID`` in the bundle's folder; a failure stops the demo with its command."""
-    config = config_files[0] if len(config_files) == 1 else str(config_files)
-    command = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", config]
-    for key, value in overrides.items():
-        command += [f"--{key}", value]
-    cwd = BUNDLES_DIR / bundle
-    logger.info("(cd %s && %s)", cwd, shlex.join(command))
-    result = subprocess.run(command, cwd=cwd, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"the {bundle} {run_id} run failed (exit {result.returncode}); its log is above. "
-                           f"Command: (cd {cwd} && {shlex.join(command)})")
 
 
 def run_demo(output_dir: Path, fast: bool = False) -> int:
@@ -62,22 +44,18 @@ def run_demo(output_dir: Path, fast: bool = False) -> int:
     run_dir = output_dir / time.strftime("run-%Y%m%d-%H%M%S")
     epochs = {"num_epochs": FAST["num_epochs"]} if fast else {}
     common = {**DEMO_COMMON, "dataset_dir": str(data_dir)}
-    stage1_dir, stage2_dir = run_dir / "ad_resnet3d", run_dir / "ad_mosa"
+    stage1_dir, stage2_dir = run_dir / STAGE1, run_dir / STAGE2
 
-    run_bundle("ad_resnet3d", "training", ["configs/train.yaml"],
-               {**common, **DEMO_STAGE1, **epochs, "output_dir": str(stage1_dir)})
-    run_bundle("ad_mosa", "training", ["configs/train.yaml"],
+    run_bundle(STAGE1, "training", (), {**common, **DEMO_STAGE1, **epochs, "output_dir": str(stage1_dir)})
+    run_bundle(STAGE2, "training", (),
                {**common, **DEMO_STAGE2, **epochs, "output_dir": str(stage2_dir),
-                "stage1_model": str(stage1_dir / "checkpoints" / "model_best.pt"),
+                "stage1_model": str(stage1_dir / CHECKPOINTS_DIRNAME / BEST_MODEL_NAME),
                 **({"warmup_epochs": "0"} if fast else {})})
-    evaluate = ["configs/train.yaml", "configs/evaluate.yaml"]
-    run_bundle("ad_resnet3d", "evaluating", evaluate,
-               {**common, "network_def#name": DEMO_STAGE1["network_def#name"], "output_dir": str(stage1_dir)})
-    run_bundle("ad_mosa", "evaluating", evaluate,
-               {**common, **{k: DEMO_STAGE2[k] for k in ("backbone", "embed_dim", "num_heads", "depth")},
-                "output_dir": str(stage2_dir)})
+    # every knob of the runs (geometry, network, data) comes from their run_config.yaml
+    for bundle, folder in ((STAGE1, stage1_dir), (STAGE2, stage2_dir)):
+        run_bundle(bundle, "evaluating", ("evaluate",), {"output_dir": str(folder)})
 
-    columns = {name: load_json(folder / "evaluation" / "test" / "test_metrics.json")
+    columns = {name: load_json(folder / EVALUATION_DIRNAME / "test" / "test_metrics.json")
                for name, folder in (("ResNet10 (stage 1)", stage1_dir), ("MosaShared (stage 2)", stage2_dir))}
     intervals = {name: report.get("confidence_intervals", {}) for name, report in columns.items()}
     bound = load_json(data_dir / "synth_parameters.json")["theoretical_best_accuracy"]
@@ -88,5 +66,5 @@ def run_demo(output_dir: Path, fast: bool = False) -> int:
           + (" (--fast: a smoke test, not a result)" if fast else ""))
     print(f"TensorBoard:   tensorboard --logdir {run_dir}")
     for name, folder in (("stage 1", stage1_dir), ("stage 2", stage2_dir)):
-        print(f"JSON reports ({name}): {folder / 'evaluation' / 'test'} and {folder / 'summary_all.json'}")
+        print(f"JSON reports ({name}): {folder / EVALUATION_DIRNAME / 'test'} and {folder / SUMMARY_NAME}")
     return 0

@@ -282,12 +282,30 @@ def _resume_point(output_dir: Path, resume_from: str) -> int | None:
 
 
 def _differences(recorded: Mapping[str, Any], current: Mapping[str, Any], keys: Sequence[str]) -> list[str]:
-    return [f"{key} recorded {_show(recorded[key])}, given {_show(current.get(key))}" for key in keys
-            if key in recorded and current.get(key) != recorded[key]]
+    """One ``key recorded X, given Y`` per differing value, nested ones by their ``a#b`` path (the override's)."""
+    found: list[str] = []
+    for key in keys:
+        if key in recorded:
+            _collect_differences(key, recorded[key], current.get(key), found)
+    return found
+
+
+def _collect_differences(path: str, recorded: Any, given: Any, found: list[str]) -> None:
+    if recorded == given:
+        return
+    if isinstance(recorded, Mapping) and isinstance(given, Mapping):
+        for key in [*recorded, *(k for k in given if k not in recorded)]:
+            _collect_differences(f"{path}#{key}", recorded.get(key), given.get(key), found)
+    elif isinstance(recorded, list) and isinstance(given, list) and len(recorded) == len(given) and all(
+            isinstance(item, (Mapping, list)) for item in recorded):
+        for index, (old, new) in enumerate(zip(recorded, given)):
+            _collect_differences(f"{path}#{index}", old, new, found)
+    else:
+        found.append(f"{path} recorded {_show(recorded)}, given {_show(given)}")
 
 
 def _show(value: Any) -> str:
-    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    text = yaml.dump(value, Dumper=_PlainDumper, default_flow_style=True, width=10_000, sort_keys=False).strip()
     return text[:-4].strip() if text.endswith("\n...") or text.endswith(" ...") else text
 
 
@@ -330,7 +348,7 @@ def _plan(context: WorkflowContext, mode: str) -> _Plan:
         rec = {**recorded["knobs"], **recorded.get("components", {})}
         # a recorded knob the current recipe lacks is added too: e.g. a stage-2 run's network knobs
         adopt = {key: value for key, value in rec.items()
-                 if key not in free and not _overridden(overrides, key) and config.get(key, value is None) != value}
+                 if key not in free and not _overridden(overrides, key) and (key not in config or config[key] != value)}
         updates.update(adopt)
         current.update(adopt)
         guarded = [key for key in rec if key in config and key not in free and key != "num_epochs"

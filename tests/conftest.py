@@ -19,8 +19,8 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLES_DIR = REPO_ROOT / "bundles"
-STAGE1, STAGE2 = "ad_resnet3d", "ad_mosa"
-TRAIN_CONFIG = "configs/train.yaml"
+from alz_monai.recipes import STAGE1, STAGE2, config_argument, config_files
+
 BUNDLE_TIMEOUT_S = 600
 
 # 8 participants x 2 sessions at 6 mm; with the ratios below 4/2/2 participants, so every split holds both classes
@@ -100,11 +100,16 @@ class BundleCLI:
                         f"{completed.stdout[-4000:]}")
         return completed
 
-    def train(self, run: BundleRun, *extra_args: str, config_file: str = TRAIN_CONFIG,
+    @staticmethod
+    def configs(bundle: str, *overlays: str, extra: tuple[str | Path, ...] = ()) -> str:
+        """``--config_file`` of a bundle workflow (overlays such as "evaluate"), plus test-only config files."""
+        return config_argument([*config_files(bundle, *overlays), *map(str, extra)])
+
+    def train(self, run: BundleRun, *extra_args: str, extra_configs: tuple[str | Path, ...] = (),
               expect_success: bool = True) -> subprocess.CompletedProcess[str]:
         """The ``training`` workflow on ``run``'s folder; ``extra_args`` come last and win."""
-        return self(run.bundle, "run", "training", "--config_file", config_file, *run.cli_args,
-                    "--num_epochs", str(run.num_epochs), *extra_args, expect_success=expect_success)
+        return self(run.bundle, "run", "training", "--config_file", self.configs(run.bundle, extra=extra_configs),
+                    *run.cli_args, "--num_epochs", str(run.num_epochs), *extra_args, expect_success=expect_success)
 
 
 @pytest.fixture(scope="session")

@@ -24,14 +24,13 @@ from sklearn import metrics as skm
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
+from alz_monai.recipes import config_files
+
 if TYPE_CHECKING:
     from conftest import BundleCLI, BundleRun
 
 pytestmark = pytest.mark.slow
 
-TRAIN_CONFIG = "configs/train.yaml"
-EVALUATE_CONFIGS = "['configs/train.yaml','configs/evaluate.yaml']"
-INFERENCE_CONFIGS = "['configs/train.yaml','configs/inference.yaml']"
 META_FILE = "configs/metadata.json"
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "shared" / "monai" / "meta_schema_20240725.json"
 BUNDLES = ("ad_resnet3d", "ad_mosa")
@@ -66,8 +65,8 @@ def finished_run(request: pytest.FixtureRequest) -> BundleRun:
 @pytest.fixture(scope="module")
 def evaluation_on_val(stage1_run: BundleRun, bundle_cli: BundleCLI) -> Path:
     """The ``evaluating`` workflow on the stage-1 run's validation split; its report folder."""
-    bundle_cli(stage1_run.bundle, "run", "evaluating", "--config_file", EVALUATE_CONFIGS, *stage1_run.cli_args,
-               "--eval_split", "val")
+    bundle_cli(stage1_run.bundle, "run", "evaluating", "--config_file", bundle_cli.configs(stage1_run.bundle, "evaluate"),
+               "--output_dir", str(stage1_run.output_dir), "--eval_split", "val")
     return stage1_run.output_dir / "evaluation" / "val"
 
 
@@ -81,9 +80,9 @@ def load_checkpoint(run: BundleRun, name: str) -> dict[str, Any]:
 
 def build_best_network(run: BundleRun, monkeypatch: pytest.MonkeyPatch) -> torch.nn.Module:
     """The network of the run's configuration, built by MONAI's ConfigParser, holding ``model_best.pt``."""
-    monkeypatch.chdir(run.bundle_dir)  # ad_mosa's config macros name files relative to its folder
+    monkeypatch.chdir(run.bundle_dir)  # the recipe's config files are relative to the bundle's folder
     parser = ConfigParser()
-    parser.read_config(TRAIN_CONFIG)
+    parser.read_config(config_files(run.bundle))
     parser.update(run.knobs)
     network = parser.get_parsed_content("network_def")
     network.load_state_dict(load_checkpoint(run, "model_best.pt"))
@@ -288,7 +287,7 @@ def test_killed_run_resumes_and_hides_stale_events(stage1_run: BundleRun, bundle
     overlay = tmp_path / "killed.yaml"
     overlay.write_text(KILL_OVERLAY, encoding="utf-8")
     run = dataclasses.replace(stage1_run, output_dir=tmp_path / "run")
-    killed = bundle_cli.train(run, config_file=f"['{TRAIN_CONFIG}','{overlay}']", expect_success=False)
+    killed = bundle_cli.train(run, extra_configs=(overlay,), expect_success=False)
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:]
 
     per_epoch = iterations_per_epoch(stage1_run)
@@ -335,7 +334,9 @@ def test_training_refuses_a_folder_that_holds_a_run(stage1_run: BundleRun, bundl
 
 
 def test_evaluation_reproduces_the_test_report(finished_run: BundleRun, bundle_cli: BundleCLI) -> None:
-    bundle_cli(finished_run.bundle, "run", "evaluating", "--config_file", EVALUATE_CONFIGS, *finished_run.cli_args)
+    # every knob comes from the run's run_config.yaml: the command names the run folder only
+    bundle_cli(finished_run.bundle, "run", "evaluating", "--config_file", bundle_cli.configs(finished_run.bundle, "evaluate"),
+               "--output_dir", str(finished_run.output_dir))
     evaluation = finished_run.output_dir / "evaluation" / "test"
     written = {path.name for path in evaluation.iterdir()}
     assert {"test_metrics.json", "test_per_class_metrics.json", "test_predictions.csv",
@@ -359,7 +360,8 @@ def test_evaluation_on_val_split_reproduces_best_validation(stage1_run: BundleRu
 
 def test_evaluation_keeps_reports_unless_overwrite(stage1_run: BundleRun, evaluation_on_val: Path,
                                                    bundle_cli: BundleCLI) -> None:
-    command = ("run", "evaluating", "--config_file", EVALUATE_CONFIGS, *stage1_run.cli_args, "--eval_split", "val")
+    command = ("run", "evaluating", "--config_file", bundle_cli.configs(stage1_run.bundle, "evaluate"),
+               "--output_dir", str(stage1_run.output_dir), "--eval_split", "val")
     saved_at = (evaluation_on_val / "val_metrics.json").stat().st_mtime_ns
     refused = bundle_cli(stage1_run.bundle, *command, expect_success=False)
     assert refused.returncode != 0
@@ -377,9 +379,8 @@ def test_evaluation_keeps_reports_unless_overwrite(stage1_run: BundleRun, evalua
 def test_inference_writes_class_probabilities(finished_run: BundleRun, bundle_cli: BundleCLI) -> None:
     splits = pd.read_csv(finished_run.output_dir / "splits.tsv", sep="\t")
     participant = splits.loc[splits["split"] == "test", "participant_id"].iloc[0]
-    bundle_cli(finished_run.bundle, "run", "inferring", "--config_file", INFERENCE_CONFIGS,
-               "--output_dir", str(finished_run.output_dir), *finished_run.knob_args,
-               "--input", str(finished_run.dataset_dir / participant))
+    bundle_cli(finished_run.bundle, "run", "inferring", "--config_file", bundle_cli.configs(finished_run.bundle, "inference"),
+               "--output_dir", str(finished_run.output_dir), "--input", str(finished_run.dataset_dir / participant))
 
     predictions = pd.read_csv(finished_run.output_dir / "inference" / "predictions.csv")
     assert len(predictions) == (splits["participant_id"] == participant).sum()
@@ -402,7 +403,7 @@ def test_metadata_follows_the_bundle_schema(bundle: str, bundle_cli: BundleCLI) 
 def test_network_input_and_output_match_the_metadata(finished_run: BundleRun, bundle_cli: BundleCLI) -> None:
     # verify_net_in_out feeds a tensor of the metadata's spatial_shape; Mosa accepts only its spatial_size
     verified = bundle_cli(finished_run.bundle, "verify_net_in_out", "network_def", "--meta_file", META_FILE,
-                          "--config_file", TRAIN_CONFIG, *finished_run.knob_args,
+                          "--config_file", bundle_cli.configs(finished_run.bundle), *finished_run.knob_args,
                           "--_meta_#network_data_format#inputs#image#spatial_shape",
                           json.dumps(finished_run.knobs["spatial_size"]))
     assert "data shape of network is verified with no error" in verified.stdout
@@ -413,7 +414,7 @@ def test_torchscript_export_matches_the_checkpoint(finished_run: BundleRun, bund
     exported = tmp_path / f"{finished_run.bundle}.ts"
     bundle_cli(finished_run.bundle, "ckpt_export", "network_def", "--filepath", str(exported),
                "--ckpt_file", str(finished_run.output_dir / "checkpoints" / "model_best.pt"),
-               "--meta_file", META_FILE, "--config_file", TRAIN_CONFIG, *finished_run.knob_args)
+               "--meta_file", META_FILE, "--config_file", bundle_cli.configs(finished_run.bundle), *finished_run.knob_args)
     extra_files = {"metadata.json": ""}
     scripted = torch.jit.load(str(exported), map_location="cpu", _extra_files=extra_files)
     assert json.loads(extra_files["metadata.json"])["name"] == load_json(finished_run.bundle_dir / META_FILE)["name"]

@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.slow
 
-TRAIN_CONFIG = "configs/train.yaml"
 NUM_EPOCHS = 4
 RESUMED_FROM_EPOCHS = 2
 KILLED_IN_EPOCH = 2  # every kill below lands in epoch 2, so the run resumes from epoch 1's checkpoint
@@ -117,10 +116,6 @@ def reliability_run(dataset_dir: Path, output_dir: Path, augmentation: str, num_
                      num_epochs=num_epochs)
 
 
-def layered(overlay: Path) -> str:
-    return f"['{TRAIN_CONFIG}','{overlay}']"
-
-
 def partial_saves(run: BundleRun) -> list[str]:
     return sorted(path.name for path in (run.output_dir / "checkpoints").glob(PARTIAL_SAVE_GLOB))
 
@@ -198,7 +193,7 @@ def killed_runs(reference_runs: dict[str, BundleRun], tmp_path_factory: pytest.T
         overlay = folder / "kill.yaml"
         overlay.write_text(KILL_OVERLAYS[kill_point], encoding="utf-8")
         run = dataclasses.replace(reference_runs["dataset"], output_dir=folder / "run")
-        killed = bundle_cli.train(run, config_file=layered(overlay), expect_success=False)
+        killed = bundle_cli.train(run, extra_configs=(overlay,), expect_success=False)
         if killed.returncode != -signal.SIGKILL:
             pytest.fail(f"{kill_point}: the run was not killed (exit {killed.returncode}):\n{killed.stdout[-3000:]}")
         checkpoints = run.output_dir / "checkpoints"
@@ -271,7 +266,7 @@ def test_one_run_per_folder(tiny_dataset: Path, tmp_path: Path, bundle_cli: Bund
     overlay.write_text(HOLD_OVERLAY.format(release=str(release)), encoding="utf-8")
     lock_file = run.output_dir / ".lock"
     with ThreadPoolExecutor(max_workers=1) as pool:
-        holder = pool.submit(bundle_cli.train, run, config_file=layered(overlay))
+        holder = pool.submit(bundle_cli.train, run, extra_configs=(overlay,))
         try:
             deadline = time.monotonic() + LOCK_TIMEOUT_S
             while not (lock_file.is_file() and lock_file.read_text(encoding="utf-8").strip()):

@@ -30,21 +30,19 @@ def test_new_folder_is_created_and_locked(tmp_path: Path) -> None:
     lock.release()  # a second release is harmless
 
 
-@pytest.mark.parametrize("marker", ["checkpoints/checkpoint_latest.pt", "tensorboard/", "summary_all.json"])
+@pytest.mark.parametrize("marker", ["checkpoints/checkpoint_latest.pt", "checkpoints/checkpoint_final.pt",
+                                    "summary_all.json"])
 def test_folder_holding_a_run_is_refused_without_resume(tmp_path: Path, marker: str) -> None:
     target = tmp_path / marker
-    if marker.endswith("/"):
-        target.mkdir()
-    else:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text("x")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("x")
     with pytest.raises(RunDirError) as raised:
         prepare_run_dir(tmp_path, resume=False)
     message = str(raised.value)
     assert str(tmp_path) in message
     assert "--resume true" in message and "new --output_dir" in message
     # the refusal released the lock: a resume may take the folder at once
-    if marker.startswith("checkpoints"):
+    if marker.endswith("latest.pt"):
         prepare_run_dir(tmp_path, resume=True).release()
 
 
@@ -52,12 +50,27 @@ def test_empty_checkpoints_folder_and_other_files_are_no_run(tmp_path: Path) -> 
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "notes.txt").write_text("mine")
     prepare_run_dir(tmp_path, resume=False).release()
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
-def test_resume_requires_latest_checkpoint(tmp_path: Path) -> None:
-    (tmp_path / "tensorboard").mkdir()
-    with pytest.raises(RunDirError, match="cannot resume: .*checkpoint_latest.pt does not exist.*--resume false"):
+@pytest.mark.parametrize("resume", [False, True])
+def test_run_stopped_before_its_first_checkpoint_is_restarted_not_stuck(tmp_path: Path, resume: bool) -> None:
+    (tmp_path / "tensorboard" / "train").mkdir(parents=True)
+    (tmp_path / "tensorboard" / "train" / "events").write_text("epoch 1, cut short")
+    with prepare_run_dir(tmp_path, resume=resume) as lock:
+        assert lock.locked
+    assert not (tmp_path / "tensorboard").exists()
+    kept = list(tmp_path.glob("tensorboard.stopped-*"))
+    assert len(kept) == 1 and (kept[0] / "train" / "events").read_text() == "epoch 1, cut short"
+
+
+def test_resume_requires_the_named_checkpoint_when_others_exist(tmp_path: Path) -> None:
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "checkpoint_final.pt").write_text("x")
+    with pytest.raises(RunDirError, match="cannot resume: .*checkpoint_latest.pt does not exist.*--resume_from"):
         prepare_run_dir(tmp_path, resume=True)
+    with prepare_run_dir(tmp_path, resume=True, resume_from="checkpoint_final.pt") as lock:
+        assert lock.locked
     _write_latest(tmp_path)
     with prepare_run_dir(tmp_path, resume=True) as lock:
         assert lock.locked
