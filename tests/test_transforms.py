@@ -78,6 +78,17 @@ def test_foreground_normalisation_and_threshold() -> None:
         NormalizeForegroundd("image")({"image": torch.zeros(1, 4, 4, 4)})
 
 
+@pytest.mark.parametrize("voxels", [1, 3, 4096, 1_500_001])
+@pytest.mark.parametrize("percentile", [0.0, 50.0, 99.5, 100.0])
+def test_threshold_is_torch_quantiles_percentile(voxels: int, percentile: float) -> None:
+    """The selection by topk gives torch.quantile's linear interpolation (over the same strided sample), to float32
+    rounding (torch interpolates in float32)."""
+    values = torch.randn(voxels, generator=torch.Generator().manual_seed(voxels)) * 100
+    sample = values[:: voxels // 1_000_000 + 1] if voxels > 1_000_000 else values
+    expected = float(torch.quantile(sample, percentile / 100.0)) * 0.1
+    assert ForegroundThreshold(0.1, percentile).threshold(values) == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
 def test_float16_cache_is_cast_back_per_access(tiny_dataset: Path) -> None:
     records = load_records(tiny_dataset)[:2]
     chain = Compose([*bundle_preprocessing(cache_dtype="float16").transforms, CastToFloatd(keys="image")])
