@@ -863,6 +863,9 @@ def write_comparison_report(
              if any(column["figures"].get(kind) for column in columns)]
     sizes = sorted({str(evaluation.metrics.get("num_samples")) for evaluation in chosen})
     split_note = f"{split} split, N = {' / '.join(sizes)} scans; {_interval_note(chosen[0])}."
+    scanned = {frozenset(e.predictions.images) for e in chosen if e.predictions is not None}
+    if len(scanned) > 1:
+        split_note += " The runs scored different scans: read their columns as separate estimates, not a paired test."
     blocks = _COMPARISON_BLOCKS.render(
         runs=columns, metric_rows=_metric_rows(chosen, mark_best=True), split_note=split_note,
         tests=_paired_tests(comparison), figure_kinds=kinds, differences=_differences(reports))

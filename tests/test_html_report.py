@@ -190,7 +190,9 @@ def test_comparison_report_puts_two_runs_side_by_side(
         write_comparison_report([stage1_run.output_dir], tmp_path / "one.html")
 
 
-def test_cross_validation_report_shows_the_folds_beside_the_ensemble(stage1_run: BundleRun, tmp_path: Path) -> None:
+def test_cross_validation_report_shows_the_folds_beside_the_ensemble_and_different_scans_are_flagged(
+    stage1_run: BundleRun, tmp_path: Path
+) -> None:
     cv_dir = tmp_path / "cv"
     copy_run(stage1_run.output_dir, cv_dir / "fold_0")
     (cv_dir / "reports").mkdir()
@@ -200,6 +202,14 @@ def test_cross_validation_report_shows_the_folds_beside_the_ensemble(stage1_run:
     text = parse(write_cv_report(cv_dir, band_resamples=0).read_text(encoding="utf-8")).text
     assert text.startswith("alz-monai comparison report Cross-validation, 1 of 2 folds")
     assert "fold 0" in text and "ensemble" in text
+    assert "scored different scans" not in text  # the same test split
+
+    other = copy_run(stage1_run.output_dir, tmp_path / "other")
+    predictions = pd.read_csv(other / "reports" / "test_predictions.csv")
+    predictions.iloc[1:].to_csv(other / "reports" / "test_predictions.csv", index=False)
+    text = parse(write_comparison_report([cv_dir / "fold_0", other], tmp_path / "c.html", band_resamples=0)
+                 .read_text(encoding="utf-8")).text
+    assert "The runs scored different scans" in text
 
 
 def test_report_command_writes_one_page_or_refuses_several_without_output(recorded_run: Path, tmp_path: Path,
