@@ -89,6 +89,8 @@ class Evaluation:
 
 @dataclasses.dataclass
 class Phase:
+    """One row of the timeline; ``source`` says where its times come from."""
+
     name: str
     start: float | None
     seconds: float | None
@@ -221,7 +223,8 @@ def _writer_created(folder: Path) -> float | None:
     return min(times) if times else None
 
 
-def _training_curves(run_dir: Path, best_epoch: int | None, title: str) -> tuple[bytes | None, str | None, dict]:
+def _training_curves(run_dir: Path, best_epoch: int | None) -> tuple[bytes | None, str | None, dict]:
+    """The curves figure (PNG), a note on what is missing, and the scalars of both TensorBoard folders."""
     tensorboard = run_dir / layout.TENSORBOARD_DIRNAME
     train, val = _scalars(tensorboard / "train"), _scalars(tensorboard / "val")
     iteration_loss = train.get(TRAINING_LOSS_TAG)
@@ -232,7 +235,7 @@ def _training_curves(run_dir: Path, best_epoch: int | None, title: str) -> tuple
     if not (iteration_loss or epoch_losses or validation):
         return None, f"no TensorBoard curves in {tensorboard}", {"train": train, "val": val}
     figure = plots.plot_training_curves(iteration_loss[:2] if iteration_loss else None, epoch_losses, validation,
-                                        best_epoch, title)
+                                        best_epoch)
     note = None if epoch_losses else ("validation loss not recorded by this run (its bundle predates the "
                                       f"{EPOCH_LOSS_TAG} curves)")
     return plots.figure_to_png(figure, _FIGURE_DPI), note, {"train": train, "val": val}
@@ -339,7 +342,7 @@ def load_run(run_dir: str | os.PathLike, name: str | None = None, band_resamples
                                 f"nor {layout.EVALUATION_DIRNAME}/<split>/; has its training finished?")
     best = _load_json(run_dir / layout.CHECKPOINTS_DIRNAME / layout.BEST_METRIC_NAME) or {}
     best_epoch = best.get("epoch")
-    curves_png, curves_note, scalars = _training_curves(run_dir, best_epoch, "")
+    curves_png, curves_note, scalars = _training_curves(run_dir, best_epoch)
     class_names = next((list(e.predictions.class_names) for e in evaluations if e.predictions is not None),
                        list((config or {}).get("knobs", {}).get("classes") or []))
     data_summary, sources = _data_summary(run_dir, class_names)
