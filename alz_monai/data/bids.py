@@ -60,7 +60,8 @@ def entries_from_bids(root: Path, problems: list[str]) -> list[records._Entry]:
             values = {**subject_values, **{name: value for name, value in session_values.items() if value != ""}}
             label_column = _label_column_of(session_values) or participant_label
             if label_column is None:
-                problems.append(f"{scan}: no diagnosis for {' '.join(filter(None, (subject, session)))}; add a 'diagnosis' column to "
+                scan_id = " ".join(filter(None, (subject, session)))
+                problems.append(f"{scan}: no diagnosis for {scan_id}; add a 'diagnosis' column to "
                                 f"{root / PARTICIPANTS_TABLE} or to {subject}_sessions.tsv")
                 continue
             reserved = {*records.RECORD_KEYS, *records._LABEL_COLUMNS}

@@ -19,6 +19,8 @@ from __future__ import annotations
 import concurrent.futures
 import gzip
 import logging
+import math
+import multiprocessing
 import shutil
 import tempfile
 import time
@@ -38,7 +40,7 @@ from tqdm import tqdm
 from alz_monai.data.synth import STORAGE_ORIENTATIONS, generate_synthetic_dataset
 from alz_monai.fileio import atomic_open, atomic_write_json, atomic_write_text
 
-__all__ = ["ROTATION_MAX_DEG", "SHIFT_MAX_MM", "RawHead", "generate_raw_dataset", "raw_head"]
+__all__ = ["ROTATION_MAX_DEG", "SHIFT_MAX_MM", "RawHead", "generate_raw_dataset", "raw_head", "template_brain"]
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +133,22 @@ def raw_head(brain: nib.Nifti1Image, rng: np.random.Generator, spacing: float,
     return head, extras
 
 
+def template_brain(spacing: float) -> nib.Nifti1Image:
+    """nilearn's MNI152 2009a template (skull-stripped) on a ``spacing`` mm grid: a brain whose ``raw_head``
+    matrix is the exact template-to-scanner transform."""
+    from nilearn import datasets
+
+    template = datasets.load_mni152_template(resolution=1)
+    volume = np.asarray(template.dataobj, dtype=np.float32)
+    if spacing > 1.0:  # Gaussian whose FWHM is one output voxel, against aliasing
+        volume = ndimage.gaussian_filter(volume, math.sqrt(spacing**2 - 1.0) / (2.0 * math.sqrt(2.0 * math.log(2.0))))
+    first = template.affine[:3, 3]
+    shape = np.floor((np.array(volume.shape) - 1) / spacing).astype(int) + 1
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    affine[:3, 3] = first
+    return nib.Nifti1Image(_sample(volume, template.affine, affine, shape), affine)
+
+
 def generate_raw_dataset(out_dir: str | Path, *, subjects: int = 40, sessions: int = 2,
                          classes: Sequence[str] = ("CN", "AD"), effect: float | None = None, spacing: float = 1.0,
                          seed: int = 0, shuffle_labels: bool = False, workers: int = 1, progress: bool = True,
@@ -152,9 +170,15 @@ def generate_raw_dataset(out_dir: str | Path, *, subjects: int = 40, sessions: i
         jobs = [_RawJob(brains, out, row["image"], row["atrophy_map"], spacing, seed, index)
                 for index, row in scans.iterrows()]
         with tqdm(total=len(jobs), disable=not progress, desc="raw heads", unit="scan") as bar:
-            with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
-                for _ in pool.map(_write_raw_scan, jobs):
+            if workers == 1:
+                for job in jobs:
+                    _write_raw_scan(job)
                     bar.update()
+            else:  # spawned: a forked copy of a process with live thread pools can hang
+                spawn = multiprocessing.get_context("spawn")
+                with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=spawn) as pool:
+                    for _ in pool.map(_write_raw_scan, jobs):
+                        bar.update()
         for name in ("participants.tsv", "dataset_description.json"):
             shutil.copyfile(brains / name, out / name)
         shutil.copyfile(brains / "derivatives" / "atrophy" / "dataset_description.json",

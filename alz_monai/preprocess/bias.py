@@ -13,7 +13,7 @@ __all__ = ["N4_FIT_SPACING_MM", "n4_correct"]
 
 N4_FIT_SPACING_MM = 4.0
 """The bias field is smooth over centimetres: fitting it at 4 mm costs a fraction of full resolution."""
-N4_ITERATIONS = (50, 50, 30)
+N4_ITERATIONS = (30, 30, 20)
 N4_HISTOGRAM_BINS = 200
 
 

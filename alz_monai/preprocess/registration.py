@@ -2,8 +2,9 @@
 
 The template has no skull, so the similarity (Mattes mutual information) is measured only within its brain mask
 grown by ``MASK_MARGIN_MM``: the scalp and neck of the scan then never pull on the fit. Raw scans can be rotated
-by tens of degrees and shifted by centimetres, and their centre of mass lies low because of the neck, so a coarse
-search over rotations and heights picks the start of a rigid fit, which in turn starts the affine one.
+by tens of degrees and shifted by centimetres, and their centre of mass lies low because of the neck, so coarse
+grid searches over shifts, then rotations, then shifts again pick the start of a rigid fit, which in turn starts
+the affine one.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ from __future__ import annotations
 import logging
 import math
 from typing import TYPE_CHECKING
-
-import numpy as np
 
 from alz_monai.preprocess.images import sitk
 
@@ -31,7 +30,7 @@ SAMPLING_FRACTION = 0.2
 HISTOGRAM_BINS = 32
 ITERATIONS = 200
 SEED = 0
-SEARCH_STAGES = ((0, 0, 0, 3, 3, 3), (2, 2, 2, 1, 1, 1))
+SEARCH_STAGES = ((0, 0, 0, 3, 3, 3), (2, 2, 2, 0, 0, 0), (0, 0, 0, 1, 1, 1))
 """Grid points either side of the start per rigid parameter (rotations about x, y, z, then shifts), per stage."""
 SEARCH_ROTATION_STEP_DEG = 10.0
 SEARCH_SHIFT_STEP_MM = 15.0
@@ -67,7 +66,7 @@ def _levels(template: SimpleITK.Image, moving: SimpleITK.Image) -> list[tuple[in
     return [(max(1, int(round(spacing / base))), spacing / 2.0) for spacing in spacings]
 
 
-def _method(template: SimpleITK.Image, fixed_mask: SimpleITK.Image) -> SimpleITK.ImageRegistrationMethod:
+def _method(fixed_mask: SimpleITK.Image) -> SimpleITK.ImageRegistrationMethod:
     itk = sitk()
     method = itk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(HISTOGRAM_BINS)
@@ -80,7 +79,7 @@ def _method(template: SimpleITK.Image, fixed_mask: SimpleITK.Image) -> SimpleITK
 
 def _fit(template: SimpleITK.Image, moving: SimpleITK.Image, fixed_mask: SimpleITK.Image,
          transform: SimpleITK.Transform, levels: list[tuple[int, float]]) -> SimpleITK.Transform:
-    method = _method(template, fixed_mask)
+    method = _method(fixed_mask)
     method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3, numberOfIterations=ITERATIONS,
                                                     relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6)
     method.SetOptimizerScalesFromPhysicalShift()
@@ -113,7 +112,7 @@ def _grid_search(template: SimpleITK.Image, moving: SimpleITK.Image, fixed_mask:
                  start: SimpleITK.Euler3DTransform, steps: tuple[int, ...]) -> SimpleITK.Euler3DTransform:
     """The rigid transform of lowest metric among ``start`` moved by whole steps along each parameter."""
     itk = sitk()
-    method = _method(template, fixed_mask)
+    method = _method(fixed_mask)
     method.SetMetricSamplingStrategy(method.NONE)
     method.SetOptimizerAsExhaustive(list(steps), stepLength=1.0)
     method.SetOptimizerScales([math.radians(SEARCH_ROTATION_STEP_DEG)] * 3 + [SEARCH_SHIFT_STEP_MM] * 3)

@@ -20,6 +20,7 @@ import concurrent.futures
 import gzip
 import json
 import logging
+import multiprocessing
 import os
 import re
 import time
@@ -107,7 +108,9 @@ def preprocess_dataset(source: str | os.PathLike[str], out_dir: str | os.PathLik
                 rows.append(row)
                 bar.update()
         else:
-            with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
+            # Spawned, not forked: a fork of a process whose ITK or torch threads hold a lock can hang forever.
+            spawn = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=spawn) as pool:
                 for row in pool.map(_run_job, pending):
                     rows.append(row)
                     bar.update()
