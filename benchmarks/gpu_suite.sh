@@ -83,10 +83,11 @@ stem)
     export TORCHINDUCTOR_CACHE_DIR=$work/inductor
     step timeout 560 python3 benchmarks/stem_variants.py --size 128 --batch 16
     ;;
-final)  # the scans are made on the CPU meanwhile (niced, in their own session: they outlive this call)
+final)  # the scans are made on the CPU meanwhile (niced, in their own session and not a job of this shell: they
+    # outlive this call, which does not wait for them; 600 scans took 411 s on 12 workers)
     mkdir -p "$work/ttr"
-    [ -f "$work/ttr/data/scans.tsv" ] || setsid nice -n 19 python3 -m alz_monai.cli synth "$work/ttr/data" \
-        --subjects 300 --sessions 2 --spacing 1.0 --workers 12 >"$BENCH_OUT/synth_1mm.log" 2>&1 < /dev/null &
+    [ -f "$work/ttr/data/scans.tsv" ] || (setsid nice -n 19 python3 -m alz_monai.cli synth "$work/ttr/data" \
+        --subjects 300 --sessions 2 --spacing 1.0 --workers 12 >"$BENCH_OUT/synth_1mm.log" 2>&1 < /dev/null &)
     export TORCHINDUCTOR_CACHE_DIR=$work/inductor
     step timeout 420 env BENCH_OUT="$BENCH_OUT/final" python3 benchmarks/model_step.py --models resnet18,mosa_shared \
         --levers bf16_channels_last_stem,bf16_channels_last_stem_compile,bf16_channels_last_stem_compile_cudagraphs \
@@ -95,7 +96,7 @@ final)  # the scans are made on the CPU meanwhile (niced, in their own session: 
     ;;
 ttr)
     while [ ! -f "$work/ttr/data/scans.tsv" ] && pgrep -f "alz_monai.cli synth $work/ttr/data" >/dev/null; do sleep 5; done
-    step timeout 100 python3 benchmarks/cache_fill.py "$work/ttr/data" --workers 1,4,8,15 --limit 45
+    step timeout 100 python3 benchmarks/cache_fill.py "$work/ttr/data" --workers 1,4,15 --limit 24
     step timeout 470 python3 benchmarks/time_to_result.py "$work/ttr" --scans 600 --label h200 -- \
         --spatial_size "[128,128,128]" --pixdim "[1.5,1.5,1.5]" --batch_size 16 --cache_workers 15 \
         --cache_device cuda:0 --augmentation_on batch --amp true --channels_last true --background_checkpoint true \

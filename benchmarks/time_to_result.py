@@ -17,7 +17,8 @@ phases by its timestamps:
 
 Arguments after ``--`` go to both bundles (e.g. the GPU settings), ``--stage2-overrides`` to ``ad_mosa`` alone. The table, the phases and the figures of the
 epochs (samples/s of the training iterations and of whole epochs) go to ``time_to_result_<label>_<date>.json``
-and the two logs to ``logs/time_to_result_<label>_stage{1,2}.log`` under the results folder.
+and the two logs to ``logs/time_to_result_<label>_stage{1,2}.log`` under the results folder. ``--from-logs``
+recomputes the phases of saved logs (then startup counts from the first log line and the run ends at the last).
 
     python benchmarks/time_to_result.py /tmp/ttr --scans 600 --label h200 -- --spatial_size "[128,128,128]" \\
         --batch_size 16 --cache_device cuda:0 --augmentation_on batch --amp true --channels_last true \\
@@ -41,7 +42,7 @@ from bundle_throughput import train_samples_per_epoch  # noqa: E402
 from common import RESULTS_DIR, print_table, write_result  # noqa: E402
 
 BUNDLES = Path(__file__).resolve().parent.parent / "bundles"
-STAGE2_CONFIG = "['../ad_resnet3d/configs/train.yaml','configs/train.yaml']"
+STAGE2_CONFIG = "['../ad_resnet3d/configs/train.yaml','configs/mosa.yaml']"
 LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) - (?:(\S+) - )?(?:DEBUG|INFO|WARNING|ERROR|CRITICAL) - "
                   r"(.*)$", re.MULTILINE)
 EPOCH = re.compile(r"Epoch\[(\d+)\] Complete\. Time taken: (\d+):(\d+):([\d.]+)")
@@ -87,7 +88,7 @@ def phases(log: str, launched: datetime.datetime, finished: datetime.datetime,
     test_end = last(lambda name, message: name.endswith("SupervisedEvaluator")
                     and message.startswith("Engine run finished"))
     if None in (loaded, trainer_start, trainer_end, test_end):
-        raise SystemExit("the log lacks the dataset, trainer or evaluator lines this script reads")
+        raise SystemExit("the log lacks the dataset, trainer or evaluator lines this script reads (a run cut short?)")
     trainer = epochs(lines, "SupervisedTrainer")
     validation = epochs(lines, "SupervisedEvaluator", until=trainer_end)  # not the test evaluator's epoch 1
     training, evaluating, handlers = [], [], []
@@ -152,8 +153,17 @@ def main() -> None:
     parser.add_argument("--stage2-config", default=STAGE2_CONFIG, help="config_file of the ad_mosa run")
     parser.add_argument("--stage2-overrides", default="", help="more arguments for ad_mosa only, one string")
     parser.add_argument("--label", required=True, help="names the result file, e.g. h200 or cpu")
+    parser.add_argument("--from-logs", nargs="+", default=None, help="saved logs of stage 1 (and stage 2)")
+    parser.add_argument("--train-samples", type=int, default=None, help="with --from-logs: samples per epoch")
     args, overrides = parser.parse_known_args()
     overrides = [o for o in overrides if o != "--"]
+    if args.from_logs:
+        stages = {}
+        for stage, path in zip(("stage1", "stage2"), args.from_logs):
+            lines = parse(Path(path).read_text())
+            stages[stage] = phases(Path(path).read_text(), lines[0][0], lines[-1][0], args.train_samples)
+        report(stages, args, None, {"recomputed_from_logs": args.from_logs})
+        return
     work = Path(args.work).resolve()
     data = work / "data"
     synth_s = None
@@ -177,14 +187,18 @@ def main() -> None:
             bundle, config, ["--dataset_dir", str(data), "--output_dir", str(output_dir), "--num_epochs",
                              str(epochs_n), *extra, *overrides], logs / f"time_to_result_{args.label}_{stage}.log")
         stages[stage] = phases(log, launched, finished, train_samples_per_epoch(output_dir, batch_size))
+    report(stages, args, synth_s, {"bundle_overrides": overrides})
+
+
+def report(stages: dict[str, dict], args: argparse.Namespace, synth_s: float | None, source: dict) -> None:
     rows = [{"phase": phase, **{stage: figures[phase] for stage, figures in stages.items()},
              "both": round(sum(figures[phase] or 0.0 for figures in stages.values()), 2)} for phase in PHASES]
-    print_table(rows, ["phase", "stage1", "stage2", "both"])
+    print_table(rows, ["phase", *stages, "both"])
     for stage, figures in stages.items():
         print(stage, {key: value for key, value in figures.items() if key not in PHASES})
     print(write_result(f"time_to_result_{args.label}", {
         "scans": args.scans, "spacing_mm": args.spacing, "synth_s": synth_s, "stages": stages, "table": rows,
-        "args": vars(args), "bundle_overrides": overrides}))
+        "args": vars(args), **source}))
 
 
 if __name__ == "__main__":
