@@ -8,10 +8,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import alz_monai
 from alz_monai.compare import add_compare_parser
+from alz_monai.data.synth import add_site_arguments
 from alz_monai.crossval import add_cv_parser
+from alz_monai.ensemble import add_ensemble_parser
 from alz_monai.errors import AlzMonaiError
+from alz_monai.export import add_export_parser
+from alz_monai.html_report import add_report_parser
 from alz_monai.preprocess.cli import add_preprocess_parser
+from alz_monai.tune import add_tune_parser
 
 __all__ = ["main", "build_parser"]
 
@@ -36,13 +42,19 @@ def _ratios(text: str) -> tuple[float, float, float]:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from alz_monai.data.synth import generate_synthetic_dataset, plot_examples
+    from alz_monai.data.synth import generate_synthetic_dataset, plot_examples, site_from_arguments
     from alz_monai.data.synth_raw import generate_raw_dataset
 
-    params = (generate_raw_dataset if args.raw else generate_synthetic_dataset)(
-        args.output, subjects=args.subjects, sessions=args.sessions, classes=args.classes, effect=args.effect,
-        spacing=args.spacing, seed=args.seed, shuffle_labels=args.shuffle_labels, workers=args.workers,
-        overwrite=args.overwrite)
+    common = {"subjects": args.subjects, "sessions": args.sessions, "classes": args.classes, "effect": args.effect,
+              "spacing": args.spacing, "seed": args.seed, "shuffle_labels": args.shuffle_labels,
+              "workers": args.workers, "overwrite": args.overwrite}
+    site = site_from_arguments(args)
+    if args.raw:
+        if site.name != "default":
+            raise ValueError("--raw heads have their own scanner model; drop --site and the site options")
+        params = generate_raw_dataset(args.output, **common)
+    else:
+        params = generate_synthetic_dataset(args.output, **common, site=site)
     print(f"wrote {params['scans']} scans of {args.subjects} subjects to {args.output}")
     print(f"theoretical best accuracy for effect {params['effect']:.3f}: {params['theoretical_best_accuracy']:.3f}")
     if args.figure:
@@ -122,6 +134,7 @@ def _bundle_of(run_dir: Path) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alz-monai", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"alz-monai {alz_monai.__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -139,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--figure", default=None, help="also save a PNG of example slices here")
     synth.add_argument("--raw", action="store_true",
                        help="whole heads as a scanner writes them (skull, neck, random pose and field of view)")
+    add_site_arguments(synth)
     synth.set_defaults(func=_cmd_synth)
 
     split = sub.add_parser("split", help="write a subject-level split table for a dataset")
@@ -176,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_cv_parser(sub)
     add_compare_parser(sub)
+    add_ensemble_parser(sub)
+    add_tune_parser(sub)
+    add_report_parser(sub)
+    add_export_parser(sub)
     add_preprocess_parser(sub)
     return parser
 

@@ -29,7 +29,7 @@ from alz_monai.data.splits import SPLIT_TABLE_NAME, read_split_table, write_spli
 from alz_monai.errors import LeakageError
 from alz_monai.fileio import atomic_write_json
 from alz_monai.metrics import to_jsonable
-from alz_monai.recipes import BUNDLES, STAGE1, bundle_command
+from alz_monai.recipes import BUNDLES, STAGE1, bundle_command, config_files
 from alz_monai.reports import SUMMARY_METRICS, format_metrics_table, load_json
 from alz_monai.run_dir import latest_checkpoint
 
@@ -53,7 +53,7 @@ CV_SUMMARY_NAME = "cv_summary.json"
 CV_SETTINGS_NAME = "cv_settings.json"
 FOLD_LOG_NAME = "cv_fold.log"
 RUN_SUMMARY_NAME = "summary_all.json"
-TRAIN_CONFIG = Path("configs") / "train.yaml"  # every bundle folder holds one
+TRAIN_CONFIG = Path("configs") / "train.yaml"  # what the error names when the folder is no bundle
 #: Bundle arguments the cross-validation sets itself for every fold.
 RESERVED_OVERRIDES = ("--fold", "--num_folds", "--output_dir", "--resume", "--eval_split")
 # Not metrics, though numeric, in a run summary.
@@ -151,7 +151,7 @@ def run_cross_validation(
     to test on the same scans); otherwise the first fold to train writes it.
     """
     bundle_dir, output_dir = Path(bundle_dir).absolute(), Path(output_dir).absolute()
-    if not (bundle_dir / TRAIN_CONFIG).is_file() or bundle_dir.name not in BUNDLES:
+    if bundle_dir.name not in BUNDLES or not (bundle_dir / config_files(bundle_dir.name)[-1]).is_file():
         raise FileNotFoundError(f"{bundle_dir / TRAIN_CONFIG} does not exist; pass a bundle folder such as "
                                 "bundles/ad_resnet3d.")
     if num_folds < 2:

@@ -1,4 +1,5 @@
-"""The few distributed-training helpers the bundles need; every one is a no-op in a single process."""
+"""What the bundles need of distributed training beyond ``ignite.distributed``: joining torchrun's process group
+and each rank's share of the records. Every function works unchanged in a single process."""
 
 from __future__ import annotations
 
@@ -8,35 +9,23 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import ignite.distributed as idist
 import torch
-import torch.distributed as dist
 from monai.data import partition_dataset
 
-__all__ = ["barrier", "init_distributed", "is_main_process", "local_device", "rank", "rank_partition", "world_size"]
+__all__ = ["init_distributed", "is_main_process", "local_device", "rank_partition"]
 
 logger = logging.getLogger(__name__)
 
 
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
 def is_main_process() -> bool:
     """Rank 0, or a single process: the one that writes checkpoints, logs and reports."""
-    return rank() == 0
-
-
-def barrier() -> None:
-    if world_size() > 1:
-        dist.barrier()
+    return idist.get_rank() == 0
 
 
 def local_device() -> torch.device:
-    """``cuda:$LOCAL_RANK`` when CUDA is there, else the CPU (a CPU run of the same code path uses gloo)."""
+    """``cuda:$LOCAL_RANK`` when CUDA is there, else the CPU (a CPU run of the same code path uses gloo); known
+    before the process group is joined, so the recipe can place its network."""
     if torch.cuda.is_available():
         return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
     return torch.device("cpu")
@@ -45,12 +34,10 @@ def local_device() -> torch.device:
 def init_distributed(timeout_minutes: int = 30) -> torch.device:
     """Join the process group torchrun set up (NCCL on GPUs, gloo on CPUs) and return this rank's device."""
     device = local_device()
-    if not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(minutes=timeout_minutes))
-    logger.info("rank %d of %d on %s", rank(), world_size(), device)
+    if idist.get_world_size() == 1 and "WORLD_SIZE" in os.environ:
+        idist.initialize("nccl" if device.type == "cuda" else "gloo",
+                         timeout=datetime.timedelta(minutes=timeout_minutes))
+    logger.info("rank %d of %d on %s", idist.get_rank(), idist.get_world_size(), device)
     return device
 
 
@@ -60,8 +47,8 @@ def rank_partition(records: Sequence[dict[str, Any]], seed: int = 0, even_divisi
     Training partitions are even (every rank runs the same number of steps: DDP needs that); evaluation
     partitions are not (no scan counted twice), and the report handler gathers them all.
     """
-    if world_size() == 1:
+    if idist.get_world_size() == 1:
         return list(records)
-    parts = partition_dataset(list(records), num_partitions=world_size(), shuffle=True, seed=seed,
+    parts = partition_dataset(list(records), num_partitions=idist.get_world_size(), shuffle=True, seed=seed,
                               even_divisible=even_divisible)
-    return parts[rank()]
+    return parts[idist.get_rank()]

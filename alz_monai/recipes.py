@@ -20,12 +20,15 @@ __all__ = ["BUNDLES", "BUNDLES_DIR", "OVERLAYS", "STAGE1", "STAGE2", "bundle_com
 
 logger = logging.getLogger(__name__)
 
-BUNDLES_DIR = Path(alz_monai.__file__).resolve().parent.parent / "bundles"
+_PACKAGE = Path(alz_monai.__file__).resolve().parent
+# installed from a wheel: alz_monai/bundles; a source checkout or editable install: <repo>/bundles
+BUNDLES_DIR = _PACKAGE / "bundles" if (_PACKAGE / "bundles").is_dir() else _PACKAGE.parent / "bundles"
 STAGE1, STAGE2 = "ad_resnet3d", "ad_mosa"
 BUNDLES = (STAGE1, STAGE2)
 OVERLAYS = ("evaluate", "inference", "explain", "multi_gpu_train")
 _STAGE1_CONFIGS = f"../{STAGE1}/configs"
-_RECIPES = {STAGE1: ("configs/train.yaml",), STAGE2: (f"{_STAGE1_CONFIGS}/train.yaml", "configs/train.yaml")}
+# MONAI's ckpt_export/onnx_export refuse two config files of one name: the stage-2 overlay is mosa.yaml
+_RECIPES = {STAGE1: ("configs/train.yaml",), STAGE2: (f"{_STAGE1_CONFIGS}/train.yaml", "configs/mosa.yaml")}
 
 
 def config_files(bundle: str, *overlays: str) -> list[str]:

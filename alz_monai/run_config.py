@@ -52,7 +52,7 @@ from alz_monai.metrics import PER_CLASS_SCALAR_KEYS, SCALAR_KEYS
 
 __all__ = [
     "CONFIG_CHANGE_FLAG", "MODES", "WorkflowContext", "checkpoint_epoch", "describe_model", "load_run_config", "parse_flag",
-    "prepare_workflow", "record_data", "workflow_context",
+    "check_model_selection", "prepare_workflow", "record_data", "workflow_context",
 ]
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ _WORKFLOW_ARGUMENTS = frozenset({
     "meta_file", "logging_file", "init_id", "run_id", "final_id", "tracking", "workflow_type", "properties_path",
     "args_file", "workflow_name", "config_file"})
 # the keys of the recipe that steer this module, not knobs of a run
-_STEERING_KEYS = ("free_knobs", "evaluation_free_knobs", "data_knobs", "recorded_components")
+_STEERING_KEYS = ("free_knobs", "evaluation_free_knobs", "recorded_defaults", "recorded_components")
 _REFERENCE_PREFIXES = ("$", "@", "%")
 # knobs named like this hold paths: recorded absolute, so later commands from another folder find the same files
 _PATH_KNOB_SUFFIXES = ("_dir", "_path", "_model", "datalist")
@@ -341,7 +341,7 @@ def _plan(context: WorkflowContext, mode: str) -> _Plan:
     if mode == "use":
         free |= set(config.get("evaluation_free_knobs", []))
     components = list(config.get("recorded_components", []))
-    data_knobs = set(config.get("data_knobs", []))
+    recorded_defaults = set(config.get("recorded_defaults", []))
     resume = mode == "train" and bool(current.get("resume", False))
 
     if recorded is not None and (mode == "use" or resume):
@@ -352,7 +352,7 @@ def _plan(context: WorkflowContext, mode: str) -> _Plan:
         updates.update(adopt)
         current.update(adopt)
         guarded = [key for key in rec if key in config and key not in free and key != "num_epochs"
-                   and key not in data_knobs]
+                   and key not in recorded_defaults]
         differences = _differences(rec, _absolute_paths(current), guarded)
         if differences and not allow_change:
             ways = ("choose a new --output_dir for a new run, or pass --allow_config_change true to continue "
@@ -475,6 +475,19 @@ def prepare_workflow(setup: str = "setup", mode: str = "train") -> Any:
         output_dir = Path(context.parser.get_parsed_content("output_dir")).expanduser().absolute()
         _write_record(output_dir, plan.record)
     return result
+
+
+def check_model_selection(records: Sequence[Mapping[str, Any]], classes: Sequence[str], key_metric: str,
+                          split: str = "val") -> None:
+    """Refuse a validation split that lacks a class: every metric but accuracy is then undefined, so no epoch
+    would ever be chosen as the best model and the run would fail after training, for want of ``model_best.pt``."""
+    present = {int(record["label"]) for record in records if record["split"] == split}
+    missing = [name for index, name in enumerate(classes) if index not in present]
+    if missing and key_metric != "accuracy":
+        raise ConfigError(
+            f"the {split} split holds no {' or '.join(missing)} scan, so {key_metric} is undefined there and no best "
+            f"model could be selected; give the {split} split scans of every class (other --split_ratios or --seed, "
+            "or the dataset's split column), or select on --key_metric accuracy")
 
 
 def record_data(output_dir: str | os.PathLike, records: Sequence[Mapping[str, Any]], classes: Sequence[str],

@@ -23,10 +23,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from monai.data import MetaTensor
-from monai.data.utils import affine_to_spacing
 from monai.networks.nets import DenseNet121
 from monai.networks.utils import eval_mode
 from monai.transforms import Invertd, InvertibleTransform, ScaleIntensity
@@ -38,7 +35,7 @@ from torch import nn
 from alz_monai.data.records import nifti_stem
 from alz_monai.fileio import atomic_open
 from alz_monai.networks import ResNet3D
-from alz_monai.plots import save_figure
+from alz_monai.plots import plot_saliency_slices, save_figure
 
 __all__ = [
     "DEFAULT_ATROPHY_THRESHOLD",
@@ -64,9 +61,6 @@ SALIENCY_METHODS: tuple[str, ...] = ("gradcam", "occlusion")
 
 DEFAULT_ATROPHY_THRESHOLD = 0.05
 """Atrophied region of the synthetic ground truth: voxels that lost more than 5% of their tissue."""
-
-_OVERLAY_FLOOR = 0.05
-"""Saliency below this is left transparent in overlays, so the anatomy stays visible."""
 
 _NO_PROBABILITY_DROP = 1e-4
 """Largest probability drop an occlusion map may have and still count as no evidence: blending the occluded
@@ -213,35 +207,15 @@ def plot_saliency_overlay(
     image: torch.Tensor | np.ndarray,
     saliency: torch.Tensor | np.ndarray,
     out_png: str | os.PathLike,
-    spacing: Sequence[float] | None = None,
+    affine: torch.Tensor | np.ndarray | None = None,
     title: str | None = None,
 ) -> Path:
-    """PNG of sagittal, coronal and axial slices through the saliency peak, the map over the image.
-
-    Both volumes are 3D (a leading channel of one is dropped) on one RAS-oriented grid, as the preprocessing
-    produces; ``spacing`` (mm per voxel along each axis) keeps anisotropic voxels in proportion.
-    """
+    """PNG of sagittal, coronal and axial slices through the saliency peak inside the head, the map over the image
+    (:func:`alz_monai.plots.plot_saliency_slices`): both volumes on the grid whose ``affine`` labels the views."""
     volume, heat = _as_volume(image, "image"), _as_volume(saliency, "saliency")
     _check_same_shape(heat, volume, "saliency", "image")
-    voxel_size = np.ones(3) if spacing is None else np.asarray(spacing, dtype=float)
-    flat = heat.max() == heat.min()
-    peak = tuple(np.array(heat.shape) // 2) if flat else np.unravel_index(np.argmax(heat), heat.shape)
-    low, high = np.percentile(volume, [1.0, 99.5])
-    figure = Figure(figsize=(10.0, 3.8), dpi=100, layout="constrained")
-    FigureCanvasAgg(figure)
-    overlay = None
-    for axis, (axes, view) in enumerate(zip(figure.subplots(1, 3), ("sagittal", "coronal", "axial"))):
-        column_axis, row_axis = (other for other in range(3) if other != axis)
-        shown = {"origin": "lower", "aspect": voxel_size[row_axis] / voxel_size[column_axis]}
-        axes.imshow(np.take(volume, peak[axis], axis=axis).T, cmap="gray", vmin=low, vmax=high, **shown)
-        heat_slice = np.ma.masked_less(np.take(heat, peak[axis], axis=axis).T, _OVERLAY_FLOOR)
-        overlay = axes.imshow(heat_slice, cmap="jet", vmin=0.0, vmax=1.0, alpha=0.5, **shown)
-        axes.set_title(f"{view} (slice {peak[axis]})", fontsize=9)
-        axes.set_axis_off()
-    figure.colorbar(overlay, ax=figure.axes, shrink=0.8, label="saliency")
-    if title:
-        figure.suptitle(title, fontsize=10)
-    return save_figure(figure, out_png)
+    grid = None if affine is None else np.asarray(convert_to_tensor(affine, track_meta=False).cpu(), dtype=float)
+    return save_figure(plot_saliency_slices(volume, heat, grid, title), out_png)
 
 
 @dataclass(frozen=True)
@@ -302,14 +276,14 @@ def explain_scan(
     }
     out = Path(out_dir)
     stem = nifti_stem(path)
-    spacing = affine_to_spacing(image.affine, r=3).tolist()
     saliency_paths, overlay_paths = {}, {}
     for method in methods:
         saliency = compute[method]()
         original = saliency_to_original_space(saliency, image, transform)
         saliency_paths[method] = save_saliency_nifti(original, path, out / f"{stem}_{method}.nii.gz")
         title = f"{stem}: {method} for {class_names[target]} (p = {probabilities[target]:.2f})"
-        overlay_paths[method] = plot_saliency_overlay(image, saliency, out / f"{stem}_{method}.png", spacing, title)
+        overlay_paths[method] = plot_saliency_overlay(image, saliency, out / f"{stem}_{method}.png", image.affine,
+                                                        title)
     logger.info("%s: predicted %s (p = %.3f); saliency for %s in %s", path.name, class_names[predicted],
                 float(probabilities[predicted]), class_names[target], out)
     return ScanExplanation(

@@ -127,6 +127,15 @@ def improving_epochs(auc_series: list[tuple[int, float | None]]) -> list[int]:
     return epochs
 
 
+def assert_same_summary(run_dir: Path, reference_dir: Path) -> None:
+    """Same summary as the reference run's, the same model (by hash and epoch) in another folder."""
+    summary, reference = load_json(run_dir / "summary_all.json"), load_json(reference_dir / "summary_all.json")
+    model, reference_model = summary.pop("model"), reference.pop("model")
+    assert summary == reference
+    assert model["checkpoint"] == str(run_dir / "checkpoints" / "model_best.pt")
+    assert (model["sha256"], model["training_epoch"]) == (reference_model["sha256"], reference_model["training_epoch"])
+
+
 def assert_same_curves(run_dir: Path, reference_dir: Path) -> None:
     """The train and val TensorBoard folders of ``run_dir`` show the reference's tags at the same steps, each
     step once and in increasing order, with the same values."""
@@ -279,7 +288,7 @@ def test_resumed_run_continues_like_an_uninterrupted_one(stage1_run: BundleRun, 
     test_dir = run.output_dir / "tensorboard" / "test"
     assert written_steps(test_dir, "test/auc") == [1, 1]
     assert steps_of(tensorboard_series(test_dir), "test/auc") == [1]
-    assert load_json(run.output_dir / "summary_all.json") == load_json(stage1_run.output_dir / "summary_all.json")
+    assert_same_summary(run.output_dir, stage1_run.output_dir)
 
 
 def test_killed_run_resumes_and_hides_stale_events(stage1_run: BundleRun, bundle_cli: BundleCLI,
@@ -301,7 +310,7 @@ def test_killed_run_resumes_and_hides_stale_events(stage1_run: BundleRun, bundle
     assert written_steps(train_dir, "loss").count(saved_iteration + 1) == 2
     assert written_steps(val_dir, "val/auc").count(KILLED_IN_EPOCH) == 2
     assert_same_curves(run.output_dir, stage1_run.output_dir)
-    assert load_json(run.output_dir / "summary_all.json") == load_json(stage1_run.output_dir / "summary_all.json")
+    assert_same_summary(run.output_dir, stage1_run.output_dir)
 
 
 def test_stage2_run_resumes_to_more_epochs(stage2_run: BundleRun, bundle_cli: BundleCLI, tmp_path: Path) -> None:
@@ -423,3 +432,26 @@ def test_torchscript_export_matches_the_checkpoint(finished_run: BundleRun, bund
     images = torch.randn(2, 1, *finished_run.knobs["spatial_size"], generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(scripted(images), eager(images), atol=1e-5, rtol=0)
+
+
+def test_multi_gpu_overlay_trains_with_two_processes(stage1_run: BundleRun, tmp_path: Path) -> None:
+    """The DDP overlay on CPU processes (gloo): every rank caches its share, rank 0 writes, all ranks test the model
+    rank 0 saved, and the report covers the whole test split once."""
+    import os
+    import subprocess
+    import sys
+
+    from alz_monai.recipes import config_argument
+
+    run_dir = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run",
+               "training", "--config_file", config_argument(config_files(stage1_run.bundle, "multi_gpu_train")),
+               "--dataset_dir", str(stage1_run.dataset_dir), "--output_dir", str(run_dir), *stage1_run.knob_args,
+               "--num_epochs", "1", "--progress_bar", "false"]
+    finished = subprocess.run(command, cwd=stage1_run.bundle_dir, capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}, check=False)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    splits = pd.read_csv(run_dir / "splits.tsv", sep="\t")
+    test = load_json(run_dir / "reports" / "test_metrics.json")
+    assert test["num_samples"] == (splits["split"] == "test").sum()
+    assert load_json(run_dir / "summary_all.json")["best_epoch"] == 1

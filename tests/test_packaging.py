@@ -60,7 +60,7 @@ def test_wheel_holds_every_module_and_bundle_file_and_nothing_local(dist) -> Non
     packaged_bundles = {name.removeprefix("alz_monai/bundles/") for name in names
                         if name.startswith("alz_monai/bundles/")}
     assert packaged_bundles == _bundle_files()
-    assert {"ad_resnet3d/configs/train.yaml", "ad_mosa/configs/train.yaml"} <= packaged_bundles
+    assert {"ad_resnet3d/configs/train.yaml", "ad_mosa/configs/mosa.yaml"} <= packaged_bundles
     assert not [name for name in names if name.endswith((".pt", ".pth", ".nii.gz", ".onnx"))]
     assert not [name for name in names if not name.startswith(("alz_monai/", "alz_monai-"))], "stray top-level files"
 

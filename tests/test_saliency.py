@@ -277,7 +277,8 @@ def test_overlay_png_is_written(tmp_path: Path) -> None:
     image = np.random.default_rng(0).normal(size=(20, 24, 16))
     heat = np.zeros((20, 24, 16))
     heat[5:9, 10:14, 4:8] = 1.0
-    out = saliency.plot_saliency_overlay(image, heat, tmp_path / "overlay.png", spacing=(1.0, 1.5, 2.0), title="t")
+    out = saliency.plot_saliency_overlay(image, heat, tmp_path / "overlay.png", affine=np.diag([1.0, 1.5, 2.0, 1.0]),
+                                         title="t")
     assert out == tmp_path / "overlay.png" and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="not on one grid"):
         saliency.plot_saliency_overlay(image, heat[:10], tmp_path / "bad.png")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import monai
+import ignite.distributed as idist
 import numpy as np
 import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
@@ -29,7 +30,7 @@ from torch.utils.data import WeightedRandomSampler
 from alz_monai.data.records import CONTENT_KEY, bids_entity, is_nifti, load_records, summarize_records
 from alz_monai.data.splits import kfold_splits, records_for_split, resolve_splits
 from alz_monai.data.validate import DEFAULT_FOREGROUND_FRACTION, check_records, ensure_valid, log_warnings
-from alz_monai.distributed import barrier, is_main_process
+from alz_monai.distributed import is_main_process
 from alz_monai.errors import DataError
 from alz_monai.fileio import atomic_write_text
 
@@ -69,7 +70,7 @@ def prepare_records(
         if validate:
             records = ensure_valid(records, classes, foreground_fraction=foreground_fraction)
         records = resolve_splits(records, output_dir, ratios=split_ratios, seed=seed)
-    barrier()
+    idist.barrier()
     if not is_main_process():
         records = resolve_splits(records, output_dir, ratios=split_ratios, seed=seed)
     if fold is not None:

@@ -10,10 +10,16 @@ from alz_monai.handlers.loss_scaling import SkipBFloat16LossScaling
 from alz_monai.handlers.prediction_writer import PredictionWriter
 from alz_monai.handlers.random_state import RandomStateRecorder
 from alz_monai.handlers.resume import RunResumer
-from alz_monai.handlers.tensorboard import HistogramLogger, LearningRateLogger, TensorBoardResume
+from alz_monai.handlers.tensorboard import (
+    EpochLossLogger,
+    HistogramLogger,
+    HParamsLogger,
+    LearningRateLogger,
+    TensorBoardResume,
+)
 
 __all__ = [
-    "BroadcastBuffers", "ClassificationReport", "EntropyAdaptiveLR", "GradScalerState", "GradientClipping",
+    "BroadcastBuffers", "ClassificationReport", "EntropyAdaptiveLR", "EpochLossLogger", "HParamsLogger", "GradScalerState", "GradientClipping",
     "HistogramLogger", "LearningRateLogger", "PredictionWriter", "RandomStateRecorder", "RunCheckpointer", "RunEvents", "RunResumer",
     "SkipBFloat16LossScaling", "TensorBoardResume", "unwrap_network",
 ]

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import ignite.distributed as idist
 import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
-
-from alz_monai.distributed import world_size
 
 __all__ = ["BroadcastBuffers"]
 
@@ -23,7 +22,7 @@ class BroadcastBuffers:
         engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
-        if world_size() == 1:
+        if idist.get_world_size() == 1:
             return
         for buffer in self.network.buffers():
             dist.broadcast(buffer, src=0)

@@ -56,6 +56,7 @@ class ClassificationReport:
         calibration_bins: int = 15,
         seed: int = 0,
         model_path: str | Path | None = None,
+        model_name: str | None = None,
     ) -> None:
         if artifacts not in ("on_best", "always", "never"):
             raise ValueError(f"artifacts must be 'on_best', 'always' or 'never', got {artifacts!r}")
@@ -69,6 +70,7 @@ class ClassificationReport:
         self.calibration_bins = calibration_bins
         self.seed = seed
         self.model_path = model_path
+        self.model_name = model_name
         self.report: dict[str, Any] | None = None
         self._reset()
 
@@ -154,37 +156,45 @@ class ClassificationReport:
             report["model"] = model
             predictions = dataclasses.replace(predictions, checkpoint=model["checkpoint"],
                                               training_epoch=model["training_epoch"])
-        step = model["training_epoch"] if model and model["training_epoch"] is not None else engine.state.epoch
+        step = self.global_step_transform(engine.state.epoch)
         if self.artifacts == "on_best":
-            report["epoch"] = self.global_step_transform(engine.state.epoch)
+            report["epoch"] = step
         if self.bootstrap_resamples > 0:
             report["confidence_intervals"] = stats.bootstrap_ci(
                 y_true, y_prob, self.class_names, groups=predictions.groups,
                 n_resamples=self.bootstrap_resamples, seed=self.seed)
-        atomic_write_json(out / f"{name}_metrics.json", metrics.to_jsonable(report))
-        atomic_write_json(out / f"{name}_per_class_metrics.json", metrics.to_jsonable(report["per_class"]))
+        if predictions.groups is not None:
+            report["participant_level"] = self._participant_level(predictions)
+        atomic_write_json(out / f"{name}_metrics.json", stats.rounded(metrics.to_jsonable(report)))
+        atomic_write_json(out / f"{name}_per_class_metrics.json", stats.rounded(metrics.to_jsonable(report["per_class"])))
         write_predictions(out / f"{name}_predictions.csv", predictions)
         if self.summary_writer is not None and model is not None:
             self.summary_writer.add_text(f"{name}/model", f"{model['checkpoint']} (training epoch "
                                          f"{model['training_epoch']})", step)
-        self._write_figures(name, y_true, y_prob, step)
+        self._write_figures(name, predictions, step)
         logger.info("%s reports written to %s", name, out)
 
-    def _write_figures(self, name: str, y_true: Any, y_prob: Any, step: int) -> None:
-        report = self.report
-        assert report is not None
-        per_class = report["per_class"]
-        figures = {
-            "roc": plots.plot_roc(metrics.roc_curves(y_true, y_prob, self.class_names),
-                                  {c: per_class[c]["auc"] for c in per_class}),
-            "pr": plots.plot_pr(metrics.pr_curves(y_true, y_prob, self.class_names),
-                                {c: per_class[c]["average_precision"] for c in per_class}),
-            "confusion_matrix": plots.plot_confusion_matrix(report["confusion_matrix"], self.class_names),
-            "per_class": plots.plot_per_class_bars(per_class),
-            "reliability": plots.plot_reliability(
-                metrics.reliability_curve(y_true, y_prob, n_bins=self.calibration_bins),
-                report["expected_calibration_error"]),
-        }
+    def _participant_level(self, predictions: Predictions) -> dict[str, Any]:
+        """The same report on probabilities averaged over each participant's sessions, which are not independent
+        evidence: one participant, one vote."""
+        rows = metrics.average_by_participant(predictions.y_true, predictions.probs, predictions.participants)
+        level = metrics.classification_report(rows.y_true, rows.probs, self.class_names)
+        level["expected_calibration_error"] = metrics.expected_calibration_error(
+            rows.y_true, rows.probs, n_bins=self.calibration_bins)
+        if self.bootstrap_resamples > 0:
+            level["confidence_intervals"] = stats.bootstrap_ci(
+                rows.y_true, rows.probs, self.class_names, groups=rows.participants,
+                n_resamples=self.bootstrap_resamples, seed=self.seed)
+        return level
+
+    def _write_figures(self, name: str, predictions: Predictions, step: int) -> None:
+        groups = predictions.groups
+        context = plots.FigureContext(split="validation" if name == "best_val" else self.prefix, model=self.model_name,
+                                      num_scans=len(predictions.y_true),
+                                      num_participants=len(set(groups)) if groups else None)
+        figures = plots.report_figures(predictions.y_true, predictions.probs, self.class_names, context, groups=groups,
+                                       band_resamples=self.bootstrap_resamples, calibration_bins=self.calibration_bins,
+                                       seed=self.seed)
         for kind, fig in figures.items():
             if self.summary_writer is not None:
                 self.summary_writer.add_figure(f"{name}/{kind}", fig, step, close=False)
