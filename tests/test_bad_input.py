@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.slow
 
-TRAIN_CONFIG = "configs/train.yaml"
 # knobs of a good, tiny run of each bundle: a case that slipped through would train in seconds
 GOOD_KNOBS = {
     STAGE1: {**TINY_TRAINING, "network_def#name": "resnet10", "num_epochs": 1},
@@ -417,7 +416,8 @@ def refusals(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory, bundl
         case = CASES[name](folder)
         knobs = {"dataset_dir": str(tiny_dataset), "output_dir": str(folder.path / "run"), **GOOD_KNOBS[case.bundle],
                  **case.knobs}
-        finished = bundle_cli(case.bundle, "run", "training", "--config_file", TRAIN_CONFIG, *cli_overrides(knobs),
+        finished = bundle_cli(case.bundle, "run", "training", "--config_file", bundle_cli.configs(case.bundle),
+                              *cli_overrides(knobs),
                               expect_success=False)
         return case, Path(knobs["output_dir"]), finished
 
