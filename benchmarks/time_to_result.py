@@ -15,10 +15,11 @@ phases by its timestamps:
 - test evaluation: the trainer's end to the test evaluator's (the test split's loading included);
 - teardown: the run summary and process exit.
 
-Arguments after ``--`` go to both bundles (e.g. the GPU settings), ``--stage2-overrides`` to ``ad_mosa`` alone. The table, the phases and the figures of the
-epochs (samples/s of the training iterations and of whole epochs) go to ``time_to_result_<label>_<date>.json``
-and the two logs to ``logs/time_to_result_<label>_stage{1,2}.log`` under the results folder. ``--from-logs``
-recomputes the phases of saved logs (then startup counts from the first log line and the run ends at the last).
+Arguments after ``--`` go to both bundles (e.g. the GPU settings), ``--stage2-overrides`` to ``ad_mosa`` alone.
+The table, the phases and the figures of the epochs (samples/s of the training iterations and of whole epochs)
+go to ``time_to_result_<label>_<date>.json`` and the two logs to ``logs/time_to_result_<label>_stage{1,2}.log``
+under the results folder. ``--from-logs`` recomputes the phases of saved logs (then startup counts from the first
+log line and the run ends at the last).
 
     python benchmarks/time_to_result.py /tmp/ttr --scans 600 --label h200 -- --spatial_size "[128,128,128]" \\
         --batch_size 16 --cache_device cuda:0 --augmentation_on batch --amp true --channels_last true \\
