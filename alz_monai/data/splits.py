@@ -3,7 +3,10 @@
 Scans of the same person are strongly correlated; if sessions of one participant land in training and in test,
 test scores measure recognition of that person rather than of the disease. Splits are therefore made over
 participants, stratified by the label of each participant's first session (sessions in natural order, so
-``ses-M06`` comes before ``ses-M12``), and saved to a table so that resumed runs and evaluation reuse them.
+``ses-M06`` comes before ``ses-M12``), and saved to a table so that resumed runs and evaluation reuse them. The
+leakage guard also compares scan content where validation hashed it: a copy of a scan filed under another
+participant (byte-identical, or re-encoded with another header but the same voxels) is refused like a participant
+in two splits.
 """
 
 from __future__ import annotations
