@@ -221,7 +221,7 @@ def test_tensorboard_shows_curves_and_figures(finished_run: BundleRun) -> None:
 
     train = tensorboard_series(tensorboard / "train")
     assert steps_of(train, "loss") == list(range(1, iterations + 1))
-    lr_tags = [tag for tag in train if tag.split("/")[0] == "lr"]  # "lr", or "lr/group<i>" for Mosa's groups
+    lr_tags = [tag for tag in train if tag.split("/")[0] == "lr"]  # "lr", or "lr/backbone" and "lr/fusion" for Mosa
     assert lr_tags and all(steps_of(train, tag) == list(range(1, iterations + 1)) for tag in lr_tags)
 
     val = tensorboard_series(tensorboard / "val")
@@ -324,7 +324,7 @@ def test_stage2_run_resumes_to_more_epochs(stage2_run: BundleRun, bundle_cli: Bu
     assert load_checkpoint(run, "checkpoint_final.pt")["trainer"]["iteration"] == run.num_epochs * per_epoch
     train = tensorboard_series(run.output_dir / "tensorboard" / "train")
     assert {tag: steps_of(train, tag) for tag in train} == {
-        tag: list(range(1, run.num_epochs * per_epoch + 1)) for tag in ("loss", "lr/group0", "lr/group1")}
+        tag: list(range(1, run.num_epochs * per_epoch + 1)) for tag in ("loss", "lr/backbone", "lr/fusion")}
     val = tensorboard_series(run.output_dir / "tensorboard" / "val")
     assert all(steps_of(val, tag) == list(range(1, run.num_epochs + 1)) for tag in VAL_SCALARS)
 
