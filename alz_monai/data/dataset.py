@@ -55,6 +55,7 @@ def prepare_records(
     fold: int | None = None,
     num_folds: int = 5,
     foreground_fraction: float = DEFAULT_FOREGROUND_FRACTION,
+    validation_workers: int = 2,
 ) -> list[dict[str, Any]]:
     """Load, validate and split a dataset: the one entry point of every bundle.
 
@@ -68,7 +69,8 @@ def prepare_records(
     # under multi-GPU training rank 0 validates and writes the split table; the other ranks then reuse it
     if is_main_process():
         if validate:
-            records = ensure_valid(records, classes, foreground_fraction=foreground_fraction)
+            records = ensure_valid(records, classes, foreground_fraction=foreground_fraction,
+                                   workers=validation_workers)
         records = resolve_splits(records, output_dir, ratios=split_ratios, seed=seed)
     idist.barrier()
     if not is_main_process():

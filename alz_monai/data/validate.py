@@ -357,18 +357,20 @@ def check_records(
     foreground_fraction: float = DEFAULT_FOREGROUND_FRACTION,
     progress: bool = True,
     labelled: bool = True,
+    workers: int = 2,
 ) -> ValidationReport:
     """Every problem of every record (labels, duplicate paths, files, headers, affines, voxels) in one pass.
 
     ``labelled=False`` skips the label check, for scans to run inference on; ``foreground_fraction`` is the
-    bundle's (see ``ForegroundThreshold``).
+    bundle's (see ``ForegroundThreshold``); ``workers`` threads read scans side by side (decompression, hashing
+    and numpy release the GIL).
     """
     first_image_of: dict[str, str] = {}
     for record in records:
         first_image_of.setdefault(os.path.realpath(record["image"]), record["image"])
     check = partial(_scan_check, read_voxels=read_voxels, max_voxels=max_voxels,
                     foreground_fraction=foreground_fraction)
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = pool.map(check, first_image_of.values())
         progress_bar = tqdm(
             results, total=len(first_image_of), desc="Checking scans", unit="scan", disable=not progress
