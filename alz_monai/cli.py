@@ -84,11 +84,17 @@ def _cmd_split(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from alz_monai.data.records import load_records, summarize_records
-    from alz_monai.data.validate import validate_records
+    from alz_monai.data.splits import check_no_leakage
+    from alz_monai.data.validate import check_records, log_warnings
 
     records = load_records(args.dataset, classes=args.classes)
-    problems = validate_records(records, args.classes, read_voxels=not args.headers_only)
+    report = check_records(records, args.classes, read_voxels=not args.headers_only,
+                           foreground_fraction=args.foreground_fraction)
+    log_warnings(report)
+    problems = report.errors
     print(summarize_records(records, args.classes))
+    if not problems:  # copies of one scan under two participants, or in two splits
+        check_no_leakage(report.records, source=str(args.dataset))
     if problems:
         print(f"{len(problems)} problem(s) in {args.dataset}:")
         for problem in problems:
@@ -169,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("dataset")
     validate.add_argument("--classes", type=_classes, default=("CN", "AD"))
     validate.add_argument("--headers-only", action="store_true", help="skip reading voxels (faster)")
+    validate.add_argument("--foreground-fraction", type=float, default=0.1,
+                          help="the bundles' foreground_fraction: a scan needs voxels above it (default 0.1)")
     validate.set_defaults(func=_cmd_validate)
 
     demo = sub.add_parser("demo", help="synthetic data, both training stages, evaluation, a table of test metrics")

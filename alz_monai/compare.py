@@ -22,6 +22,7 @@ from alz_monai.reports import SUMMARY_METRICS, format_metrics_table
 
 __all__ = [
     "align_predictions",
+    "default_output",
     "add_compare_parser",
     "compare_predictions",
     "compare_runs",
@@ -198,8 +199,17 @@ def format_comparison_table(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def default_output(run_a: Path, run_b: Path, split: str) -> Path:
+    """``<A>/comparisons/<split>_vs_<B>.json``: beside the first run's results, never in the current folder."""
+    folder = run_a.parent if run_a.is_file() else run_a
+    other = run_b.parent.name if run_b.is_file() else run_b.name
+    return folder / "comparisons" / f"{split}_vs_{other}.json"
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
-    output = args.output if args.output is not None else Path(f"comparison_{args.split}.json")
+    output = args.output if args.output is not None else default_output(args.run_a, args.run_b, args.split)
+    if output.exists() and not args.overwrite:
+        raise FileExistsError(f"{output} exists; pass --overwrite to replace it, or --output another file")
     result = compare_runs(args.run_a, args.run_b, split=args.split, output=output,
                           bootstrap_resamples=args.bootstrap_resamples, seed=args.seed)
     print(format_comparison_table(result))
@@ -215,7 +225,8 @@ def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("run_b", type=Path, help="run folder (or a <split>_predictions.csv) of model B")
     parser.add_argument("--split", default="test", help="split whose predictions are compared (default: test)")
     parser.add_argument("--output", type=Path, default=None,
-                        help="JSON result (default: comparison_<split>.json in the current folder)")
+                        help="JSON result (default: RUN_A/comparisons/<split>_vs_<RUN_B name>.json)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing result")
     parser.add_argument("--bootstrap-resamples", type=int, default=1000, help="resamples of each 95%% CI")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     parser.set_defaults(func=_cmd_compare)

@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -31,11 +32,13 @@ from monai.utils import convert_to_tensor
 from monai.visualize import GradCAM, OcclusionSensitivity
 from scipy import ndimage
 from torch import nn
+from tqdm import tqdm
 
 from alz_monai.data.records import nifti_stem
 from alz_monai.fileio import atomic_open
 from alz_monai.networks import ResNet3D
 from alz_monai.plots import plot_saliency_slices, save_figure
+from alz_monai.run_dir import RunDirError
 
 __all__ = [
     "DEFAULT_ATROPHY_THRESHOLD",
@@ -245,9 +248,11 @@ def explain_scan(
     occlusion_mask_size: int | Sequence[int] = 16,
     occlusion_overlap: float = 0.5,
     batch_size: int = 16,
+    name: str | None = None,
 ) -> ScanExplanation:
-    """Saliency maps of one scan: ``<stem>_<method>.nii.gz`` on the scan's grid and ``<stem>_<method>.png`` in
-    ``out_dir``, for each of ``methods`` (from ``SALIENCY_METHODS``).
+    """Saliency maps of one scan: ``<name>_<method>.nii.gz`` on the scan's grid and ``<name>_<method>.png`` in
+    ``out_dir``, for each of ``methods`` (from ``SALIENCY_METHODS``); ``name`` defaults to the file's stem
+    (:func:`explain_scans` gives scans of one stem distinct names).
 
     ``transform`` is the inference preprocessing (the bundle's ``validate#transforms``) applied to
     ``{"image": image_path}``; ``target_class`` names the class to explain (default: the predicted one).
@@ -275,7 +280,7 @@ def explain_scan(
         "occlusion": lambda: occlusion_map(network, image, target, occlusion_mask_size, occlusion_overlap, batch_size),
     }
     out = Path(out_dir)
-    stem = nifti_stem(path)
+    stem = name or nifti_stem(path)
     saliency_paths, overlay_paths = {}, {}
     for method in methods:
         saliency = compute[method]()
@@ -294,6 +299,40 @@ def explain_scan(
         saliency_paths=saliency_paths,
         overlay_paths=overlay_paths,
     )
+
+
+def scan_names(paths: Sequence[str | os.PathLike]) -> dict[str, str]:
+    """A distinct output name per scan: its file stem, preceded by as many parent folders as it takes to tell it
+    from the other scans (``a/T1w.nii.gz`` and ``b/T1w.nii.gz`` become ``a_T1w`` and ``b_T1w``)."""
+    parts = {str(p): (*Path(p).absolute().parent.parts[1:], nifti_stem(p)) for p in paths}
+    names: dict[str, str] = {}
+    for path, components in parts.items():
+        for depth in range(1, len(components) + 1):
+            suffix = components[-depth:]
+            if all(other[-depth:] != suffix for key, other in parts.items() if key != path):
+                names[path] = "_".join(suffix)
+                break
+        else:  # the same path twice
+            names[path] = "_".join(components)
+    return names
+
+
+def explain_scans(image_paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+                  methods: Sequence[str] = SALIENCY_METHODS, overwrite: bool = False,
+                  **options: Any) -> list[ScanExplanation]:
+    """:func:`explain_scan` for every scan, under distinct names, with a progress bar. Maps that already exist in
+    ``out_dir`` are refused before any work, unless ``overwrite``."""
+    names = scan_names(image_paths)
+    out = Path(out_dir)
+    existing = [out / f"{name}_{method}{suffix}" for name in names.values() for method in methods
+                for suffix in (".nii.gz", ".png") if (out / f"{name}_{method}{suffix}").exists()]
+    if existing and not overwrite:
+        shown = ", ".join(str(path) for path in existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3
+                                                                 else "")
+        raise RunDirError(f"saliency maps already exist: {shown}; pass --overwrite true to replace them, or choose "
+                          "another --saliency_dir")
+    return [explain_scan(image_path=path, out_dir=out, methods=methods, name=names[str(path)], **options)
+            for path in tqdm(list(image_paths), desc="saliency", unit="scan", disable=len(image_paths) < 2)]
 
 
 def saliency_mass_inside(

@@ -184,3 +184,21 @@ def test_cli_writes_json_and_prints_table(tmp_path: Path, capsys: pytest.Capture
     assert written["split"] == "val" and written["runs"]["B"].endswith("reports/val_predictions.csv")
     printed = capsys.readouterr().out
     assert "p-value" in printed and f"{written['delong']['AD']['p_value']:.4f}" in printed
+
+
+def test_cli_writes_beside_run_a_and_never_overwrites(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    labels, probs_a, probs_b = fabricate(2, 12, seed=6)
+    write_csv(tmp_path / "a" / "reports" / "val_predictions.csv", labels, probs_a, CLASS_NAMES[2])
+    write_csv(tmp_path / "b" / "reports" / "val_predictions.csv", labels, probs_b, CLASS_NAMES[2])
+    parser = argparse.ArgumentParser(prog="alz-monai")
+    add_compare_parser(parser.add_subparsers(dest="command", required=True))
+    command = ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--split", "val", "--bootstrap-resamples", "20"]
+    args = parser.parse_args(command)
+    assert args.func(args) == 0
+    output = tmp_path / "a" / "comparisons" / "val_vs_b.json"
+    written = output.read_text()
+    with pytest.raises(FileExistsError, match=r"val_vs_b.json exists; pass --overwrite to replace it"):
+        args.func(parser.parse_args(command))
+    assert output.read_text() == written
+    args = parser.parse_args([*command, "--overwrite"])
+    assert args.func(args) == 0
