@@ -188,7 +188,8 @@ def fit_temperature_to_predictions(predictions: Predictions, **kwargs: Any) -> T
 def calibrate_predictions(predictions: Predictions, temperature: float) -> Predictions:
     """The same predictions with probabilities ``softmax(log(probs) / T)``."""
     probs = apply_temperature(log_probabilities(predictions.probs), temperature)
-    return dataclasses.replace(predictions, probs=probs, source=f"{predictions.source} at temperature {temperature:.4g}")
+    source = f"{predictions.source} at temperature {temperature:.4g}"
+    return dataclasses.replace(predictions, probs=probs, source=source)
 
 
 def save_temperature(path: str | Path, fit: TemperatureFit) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import alz_monai
 from alz_monai.compare import add_compare_parser
-from alz_monai.data.synth import add_site_arguments
 from alz_monai.crossval import add_cv_parser
+from alz_monai.data.synth import add_site_arguments
 from alz_monai.ensemble import add_ensemble_parser
 from alz_monai.errors import AlzMonaiError
 from alz_monai.export import add_export_parser

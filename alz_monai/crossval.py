@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 
 from alz_monai.compare import align_predictions, evaluate_predictions
-from alz_monai.predictions import Predictions, load_predictions, write_predictions
 from alz_monai.data.splits import SPLIT_TABLE_NAME, read_split_table, write_split_table
 from alz_monai.errors import LeakageError
 from alz_monai.fileio import atomic_write_json
 from alz_monai.metrics import to_jsonable
+from alz_monai.predictions import Predictions, load_predictions, write_predictions
 from alz_monai.recipes import BUNDLES, STAGE1, bundle_command, config_files
 from alz_monai.reports import SUMMARY_METRICS, format_metrics_table, load_json
 from alz_monai.run_dir import latest_checkpoint

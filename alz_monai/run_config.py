@@ -51,8 +51,8 @@ from alz_monai.fileio import atomic_write_text
 from alz_monai.metrics import PER_CLASS_SCALAR_KEYS, SCALAR_KEYS
 
 __all__ = [
-    "CONFIG_CHANGE_FLAG", "MODES", "WorkflowContext", "checkpoint_epoch", "describe_model", "load_run_config", "parse_flag",
-    "check_model_selection", "prepare_workflow", "record_data", "workflow_context",
+    "CONFIG_CHANGE_FLAG", "MODES", "WorkflowContext", "checkpoint_epoch", "describe_model", "load_run_config",
+    "parse_flag", "check_model_selection", "prepare_workflow", "record_data", "workflow_context",
 ]
 
 logger = logging.getLogger(__name__)
@@ -434,7 +434,8 @@ def _command_line() -> str:
     """The command as the user typed it (``python -m monai.bundle ...`` rather than the module's file path)."""
     argv = list(sys.argv)
     if argv and Path(argv[0]).name == "__main__.py":
-        argv[0:1] = ["python", "-m", Path(argv[0]).parent.relative_to(Path(argv[0]).parents[2]).as_posix().replace("/", ".")]
+        package = Path(argv[0]).parent
+        argv[0:1] = ["python", "-m", package.relative_to(package.parents[1]).as_posix().replace("/", ".")]
     return shlex.join(argv)
 
 

@@ -119,8 +119,8 @@ def _set_aside_stopped_run(run_dir: Path) -> None:
         entry = run_dir / name
         if entry.exists():
             entry.rename(run_dir / f"{name}.stopped-{stamp}")
-            logger.warning("the earlier run in %s stopped before its first checkpoint: its %s/ is kept as %s.stopped-%s",
-                           run_dir, name, name, stamp)
+            logger.warning("the earlier run in %s stopped before its first checkpoint: its %s/ is kept as "
+                           "%s.stopped-%s", run_dir, name, name, stamp)
 
 
 def prepare_run_dir(output_dir: str | os.PathLike, resume: bool, resume_from: str = LATEST_CHECKPOINT_NAME) -> RunLock:

@@ -322,7 +322,8 @@ def format_tune_table(summary: Mapping[str, Any]) -> str:
     done = sorted((trial for trial in summary["trials"] if trial["value"] is not None),
                   key=lambda trial: trial["value"], reverse=reverse)
     others = [trial for trial in summary["trials"] if trial["value"] is None]
-    lines = [f"{len(summary['trials'])} trials, mean validation {summary['metric']} over folds ({summary['direction']})"]
+    lines = [f"{len(summary['trials'])} trials, mean validation {summary['metric']} over folds "
+             f"({summary['direction']})"]
     for trial in [*done, *others]:
         value = "-" if trial["value"] is None else f"{trial['value']:.4f}"
         knobs = ", ".join(f"{knob}={value:.4g}" if isinstance(value, float) else f"{knob}={value}"

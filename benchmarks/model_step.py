@@ -20,9 +20,8 @@ import contextlib
 import functools
 import re
 import sys
-from pathlib import Path
-
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 

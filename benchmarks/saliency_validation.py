@@ -9,8 +9,8 @@ region's share of the foreground, which a uniform map would score. The share of 
 tells a model that looks at the brain from one that keys on the background.
 
 Usage:
-  python benchmarks/saliency_validation.py --quick                 # CPU smoke check: tiny data, 3 epochs (about a minute)
-  python benchmarks/saliency_validation.py                         # generate data, train with the bundle, score
+  python benchmarks/saliency_validation.py --quick     # CPU smoke check: tiny data, 3 epochs (about a minute)
+  python benchmarks/saliency_validation.py             # generate data, train with the bundle, score
   python benchmarks/saliency_validation.py --dataset DATA --run-dir RUN [--set KEY=VALUE ...]  # a trained run
 
 ``--set`` takes the bundle overrides the run was trained with (``--set spatial_size=[96,112,96]

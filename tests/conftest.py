@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
+from alz_monai.recipes import STAGE1, STAGE2, config_argument, config_files
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLES_DIR = REPO_ROOT / "bundles"
-from alz_monai.recipes import STAGE1, STAGE2, config_argument, config_files
 
 BUNDLE_TIMEOUT_S = 600
 

@@ -65,7 +65,8 @@ def finished_run(request: pytest.FixtureRequest) -> BundleRun:
 @pytest.fixture(scope="module")
 def evaluation_on_val(stage1_run: BundleRun, bundle_cli: BundleCLI) -> Path:
     """The ``evaluating`` workflow on the stage-1 run's validation split; its report folder."""
-    bundle_cli(stage1_run.bundle, "run", "evaluating", "--config_file", bundle_cli.configs(stage1_run.bundle, "evaluate"),
+    bundle_cli(stage1_run.bundle, "run", "evaluating",
+               "--config_file", bundle_cli.configs(stage1_run.bundle, "evaluate"),
                "--output_dir", str(stage1_run.output_dir), "--eval_split", "val")
     return stage1_run.output_dir / "evaluation" / "val"
 
@@ -344,7 +345,8 @@ def test_training_refuses_a_folder_that_holds_a_run(stage1_run: BundleRun, bundl
 
 def test_evaluation_reproduces_the_test_report(finished_run: BundleRun, bundle_cli: BundleCLI) -> None:
     # every knob comes from the run's run_config.yaml: the command names the run folder only
-    bundle_cli(finished_run.bundle, "run", "evaluating", "--config_file", bundle_cli.configs(finished_run.bundle, "evaluate"),
+    bundle_cli(finished_run.bundle, "run", "evaluating",
+               "--config_file", bundle_cli.configs(finished_run.bundle, "evaluate"),
                "--output_dir", str(finished_run.output_dir))
     evaluation = finished_run.output_dir / "evaluation" / "test"
     written = {path.name for path in evaluation.iterdir()}
@@ -388,7 +390,8 @@ def test_evaluation_keeps_reports_unless_overwrite(stage1_run: BundleRun, evalua
 def test_inference_writes_class_probabilities(finished_run: BundleRun, bundle_cli: BundleCLI) -> None:
     splits = pd.read_csv(finished_run.output_dir / "splits.tsv", sep="\t")
     participant = splits.loc[splits["split"] == "test", "participant_id"].iloc[0]
-    bundle_cli(finished_run.bundle, "run", "inferring", "--config_file", bundle_cli.configs(finished_run.bundle, "inference"),
+    bundle_cli(finished_run.bundle, "run", "inferring",
+               "--config_file", bundle_cli.configs(finished_run.bundle, "inference"),
                "--output_dir", str(finished_run.output_dir), "--input", str(finished_run.dataset_dir / participant))
 
     predictions = pd.read_csv(finished_run.output_dir / "inference" / "predictions.csv")
@@ -423,7 +426,8 @@ def test_torchscript_export_matches_the_checkpoint(finished_run: BundleRun, bund
     exported = tmp_path / f"{finished_run.bundle}.ts"
     bundle_cli(finished_run.bundle, "ckpt_export", "network_def", "--filepath", str(exported),
                "--ckpt_file", str(finished_run.output_dir / "checkpoints" / "model_best.pt"),
-               "--meta_file", META_FILE, "--config_file", bundle_cli.configs(finished_run.bundle), *finished_run.knob_args)
+               "--meta_file", META_FILE, "--config_file", bundle_cli.configs(finished_run.bundle),
+               *finished_run.knob_args)
     extra_files = {"metadata.json": ""}
     scripted = torch.jit.load(str(exported), map_location="cpu", _extra_files=extra_files)
     assert json.loads(extra_files["metadata.json"])["name"] == load_json(finished_run.bundle_dir / META_FILE)["name"]

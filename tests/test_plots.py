@@ -3,9 +3,8 @@ labelled from the scan's own grid, and figures save as valid PNGs."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import logging
+from pathlib import Path
 
 import matplotlib.colors
 import matplotlib.image

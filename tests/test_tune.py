@@ -67,7 +67,8 @@ class FakeTraining:
         write_predictions(run_dir / "reports" / "test_predictions.csv",
                           predictions([r for r in folded if r["split"] == "test"]))
         # the test figure rewards what validation punishes: a search that looked at it would go wrong
-        summary = {"key_metric": "auc", "best_epoch": 1, "best_validation": {"auc": validation_auc(learning_rate, fold)},
+        summary = {"key_metric": "auc", "best_epoch": 1,
+                   "best_validation": {"auc": validation_auc(learning_rate, fold)},
                    "test": {"auc": 1.0 - validation_auc(learning_rate, fold), "num_samples": 4}}
         (run_dir / "summary_all.json").write_text(json.dumps(summary))
         return 0

@@ -20,8 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import monai
 import ignite.distributed as idist
+import monai
 import numpy as np
 import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset

@@ -19,7 +19,8 @@ from alz_monai.handlers.tensorboard import (
 )
 
 __all__ = [
-    "BroadcastBuffers", "ClassificationReport", "EntropyAdaptiveLR", "EpochLossLogger", "HParamsLogger", "GradScalerState", "GradientClipping",
-    "HistogramLogger", "LearningRateLogger", "PredictionWriter", "RandomStateRecorder", "RunCheckpointer", "RunEvents", "RunResumer",
-    "SkipBFloat16LossScaling", "TensorBoardResume", "unwrap_network",
+    "BroadcastBuffers", "ClassificationReport", "EntropyAdaptiveLR", "EpochLossLogger", "HParamsLogger",
+    "GradScalerState", "GradientClipping", "HistogramLogger", "LearningRateLogger", "PredictionWriter",
+    "RandomStateRecorder", "RunCheckpointer", "RunEvents", "RunResumer", "SkipBFloat16LossScaling", "TensorBoardResume",
+    "unwrap_network",
 ]

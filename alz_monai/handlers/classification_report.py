@@ -112,7 +112,8 @@ class ClassificationReport:
     def _compute(self, engine: Engine) -> None:
         probs, labels, meta = self._gather()
         if labels.numel() == 0:
-            raise RuntimeError(f"{self.prefix}: the evaluator produced no predictions; is the {self.prefix} split empty?")
+            raise RuntimeError(
+                f"{self.prefix}: the evaluator produced no predictions; is the {self.prefix} split empty?")
         predictions = Predictions(source=f"the {self.prefix} split", class_names=tuple(self.class_names),
                                   images=tuple(meta["image"]), participants=tuple(meta["participant_id"]),
                                   sessions=tuple(meta["session_id"]), y_true=labels.numpy(),
@@ -166,7 +167,8 @@ class ClassificationReport:
         if predictions.groups is not None:
             report["participant_level"] = self._participant_level(predictions)
         atomic_write_json(out / f"{name}_metrics.json", stats.rounded(metrics.to_jsonable(report)))
-        atomic_write_json(out / f"{name}_per_class_metrics.json", stats.rounded(metrics.to_jsonable(report["per_class"])))
+        atomic_write_json(out / f"{name}_per_class_metrics.json",
+                          stats.rounded(metrics.to_jsonable(report["per_class"])))
         write_predictions(out / f"{name}_predictions.csv", predictions)
         if self.summary_writer is not None and model is not None:
             self.summary_writer.add_text(f"{name}/model", f"{model['checkpoint']} (training epoch "

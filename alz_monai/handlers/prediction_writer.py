@@ -23,7 +23,8 @@ class PredictionWriter:
     """Collects softmax probabilities on the device and writes them once at the end of the run (atomically),
     naming the model (``model_path``) that made them; scans with non-finite probabilities are refused by name."""
 
-    def __init__(self, class_names: Sequence[str], output_path: str | Path, model_path: str | Path | None = None) -> None:
+    def __init__(self, class_names: Sequence[str], output_path: str | Path,
+                 model_path: str | Path | None = None) -> None:
         self.class_names = list(class_names)
         self.output_path = Path(output_path)
         self.model_path = model_path

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from ignite.engine import Engine
-from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from monai.handlers import CheckpointLoader
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from alz_monai.handlers.checkpoint import RunCheckpointer, trainer_state_entries
 from alz_monai.run_dir import RunDirError

@@ -45,7 +45,8 @@ def token_grid_for(spatial_size: Sequence[int], deepest_downsampling: int = 32) 
     """Token grid shared by all levels for an input of ``spatial_size``; raises ValueError for unsupported sizes."""
     spatial_size = tuple(int(size) for size in spatial_size)
     if len(spatial_size) != 3 or any(size % SPATIAL_MULTIPLE or size <= 0 for size in spatial_size):
-        suggestion = tuple(max(SPATIAL_MULTIPLE, round(size / SPATIAL_MULTIPLE) * SPATIAL_MULTIPLE) for size in spatial_size)
+        suggestion = tuple(max(SPATIAL_MULTIPLE, round(size / SPATIAL_MULTIPLE) * SPATIAL_MULTIPLE)
+                           for size in spatial_size)
         raise ConfigError(
             f"Mosa needs 3 spatial dimensions, each a positive multiple of {SPATIAL_MULTIPLE}, got {spatial_size}; "
             f"resize or pad the images to e.g. {suggestion}"
@@ -229,7 +230,8 @@ class MosaBase(nn.Module):
         if isinstance(backbone, str):
             return build_resnet3d(backbone, in_channels=in_channels, num_classes=0)
         if not isinstance(backbone, ResNet3D):
-            raise TypeError(f"Mosa backbone must be a ResNet3D or a name like 'resnet18', got {type(backbone).__name__}")
+            raise TypeError(
+                f"Mosa backbone must be a ResNet3D or a name like 'resnet18', got {type(backbone).__name__}")
         if backbone.conv1.in_channels != in_channels:
             raise ConfigError(
                 f"Mosa got in_channels={in_channels} but its backbone takes {backbone.conv1.in_channels} channels"
