@@ -15,7 +15,7 @@ from .mosa import Mosa, MosaShared
 from .resnet3d import RESNET_ARCHITECTURES, build_resnet3d
 from .space_to_depth import space_to_depth_stems
 
-__all__ = ["NETWORK_NAMES", "ViTClassifier", "get_network", "to_device"]
+__all__ = ["NETWORK_NAMES", "STEM_MODES", "ViTClassifier", "get_network", "to_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +109,12 @@ def get_network(
     return builder(in_channels=in_channels, num_classes=num_classes, spatial_size=spatial_size, **options)
 
 
+STEM_MODES = ("auto", "space_to_depth", "direct")
+
+
 def to_device(
-    network: nn.Module, device: torch.device | str, channels_last: bool = False, space_to_depth: bool | None = None
+    network: nn.Module, device: torch.device | str, channels_last: bool = False, space_to_depth: bool | None = None,
+    stem: str = "auto",
 ) -> nn.Module:
     """Move a network to ``device``; ``channels_last`` stores its 3D convolution weights channels-last.
 
@@ -119,8 +123,13 @@ def to_device(
     ``space_to_depth`` computes the strided one-channel stem by space-to-depth (``space_to_depth_stems``: same
     parameters, checkpoints and results); ``None`` takes the faster way on the device: space-to-depth on CUDA,
     where cuDNN has no tensor-core kernel for the direct stem, the direct convolution on the CPU, where oneDNN's is
-    faster (``benchmarks/stem_layout.py``).
+    faster (``benchmarks/stem_layout.py``). ``stem`` says the same as a recipe knob: ``auto`` (that choice),
+    ``space_to_depth`` or ``direct``; ``space_to_depth``, when given, wins.
     """
+    if stem not in STEM_MODES:
+        raise ConfigError(f"stem must be one of {', '.join(STEM_MODES)}, got {stem!r}")
+    if space_to_depth is None and stem != "auto":
+        space_to_depth = stem == "space_to_depth"
     network = network.to(device)
     if channels_last:
         for module in network.modules():
