@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PIPELINE_VERSION", "PreprocessSettings", "PreprocessedScan", "preprocess_volume"]
 
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"
 """Bumped whenever the same settings would produce different outputs."""
 
 

@@ -30,11 +30,15 @@ SAMPLING_FRACTION = 0.2
 HISTOGRAM_BINS = 32
 ITERATIONS = 200
 SEED = 0
-SEARCH_STAGES = ((0, 0, 0, 3, 3, 3), (2, 2, 2, 0, 0, 0), (0, 0, 0, 1, 1, 1))
-"""Grid points either side of the start per rigid parameter (rotations about x, y, z, then shifts), per stage."""
+"""Random sampling of the metric is seeded: the same scan gives the same transform."""
+SHIFT_SEARCH_STEPS = (0, 0, 0, 3, 3, 3)
+ROTATION_SEARCH_STEPS = (2, 2, 2, 0, 0, 0)
+FINE_SHIFT_SEARCH_STEPS = (0, 0, 0, 1, 1, 1)
+"""Grid points either side of the start per rigid parameter (rotations about x, y, z, then shifts)."""
 SEARCH_ROTATION_STEP_DEG = 10.0
 SEARCH_SHIFT_STEP_MM = 15.0
-"""Random sampling of the metric is seeded: the same scan gives the same transform."""
+RIGID_STARTS = 3
+"""Rigid fits started from the best rotations of the grid; the one of lowest final metric is kept."""
 
 
 def register_to_template(moving: SimpleITK.Image, template: SimpleITK.Image, mask: SimpleITK.Image,
@@ -47,15 +51,15 @@ def register_to_template(moving: SimpleITK.Image, template: SimpleITK.Image, mas
     margin = [max(1, int(round(MASK_MARGIN_MM / spacing))) for spacing in mask.GetSpacing()]
     fixed_mask = itk.BinaryDilate(mask, margin)
     levels = _levels(template, moving)
-    rigid = itk.Euler3DTransform(_initial_rigid(template, moving, fixed_mask))
-    rigid = _fit(template, moving, fixed_mask, rigid, levels)
+    fits = [_fit(template, moving, fixed_mask, start, levels) for start in _rigid_starts(template, moving, fixed_mask)]
+    rigid, _ = min(fits, key=lambda fit: fit[1])
     if kind == "rigid":
         return rigid
     affine = itk.AffineTransform(3)
     affine.SetMatrix(rigid.GetMatrix())
     affine.SetTranslation(rigid.GetTranslation())
     affine.SetCenter(rigid.GetCenter())
-    return _fit(template, moving, fixed_mask, affine, levels[-2:])
+    return _fit(template, moving, fixed_mask, affine, levels[-2:])[0]
 
 
 def _levels(template: SimpleITK.Image, moving: SimpleITK.Image) -> list[tuple[int, float]]:
@@ -78,7 +82,8 @@ def _method(fixed_mask: SimpleITK.Image) -> SimpleITK.ImageRegistrationMethod:
 
 
 def _fit(template: SimpleITK.Image, moving: SimpleITK.Image, fixed_mask: SimpleITK.Image,
-         transform: SimpleITK.Transform, levels: list[tuple[int, float]]) -> SimpleITK.Transform:
+         transform: SimpleITK.Transform, levels: list[tuple[int, float]]) -> tuple[SimpleITK.Transform, float]:
+    """The fitted transform and its final metric value (lower is better)."""
     method = _method(fixed_mask)
     method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3, numberOfIterations=ITERATIONS,
                                                     relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6)
@@ -90,27 +95,28 @@ def _fit(template: SimpleITK.Image, moving: SimpleITK.Image, fixed_mask: SimpleI
     method.Execute(template, moving)
     logger.debug("%s fit: metric %.4f after %d iterations (%s)", transform.GetName(), method.GetMetricValue(),
                  method.GetOptimizerIteration(), method.GetOptimizerStopConditionDescription())
-    return transform
+    return transform, method.GetMetricValue()
 
 
-def _initial_rigid(template: SimpleITK.Image, moving: SimpleITK.Image,
-                   fixed_mask: SimpleITK.Image) -> SimpleITK.Transform:
-    """Best rigid start on coarse grids around the centres of mass: shifts first, then rotations about the best."""
+def _rigid_starts(template: SimpleITK.Image, moving: SimpleITK.Image,
+                  fixed_mask: SimpleITK.Image) -> list[SimpleITK.Euler3DTransform]:
+    """Rigid starts from coarse grids around the centres of mass: the best shift, the ``RIGID_STARTS`` best rotations
+    about it, each with its best shift again. Several starts, because a tilted head can fool a single best guess."""
     itk = sitk()
-    start = itk.CenteredTransformInitializer(template, moving, itk.Euler3DTransform(),
-                                             itk.CenteredTransformInitializerFilter.MOMENTS)
+    centred = itk.CenteredTransformInitializer(template, moving, itk.Euler3DTransform(),
+                                               itk.CenteredTransformInitializerFilter.MOMENTS)
     shrink, sigma = _levels(template, moving)[0]
-    coarse_template = itk.Shrink(itk.SmoothingRecursiveGaussian(template, sigma), [shrink] * 3)
-    coarse_moving = itk.SmoothingRecursiveGaussian(moving, sigma)
-    coarse_mask = itk.Resample(fixed_mask, coarse_template, itk.Transform(), itk.sitkNearestNeighbor)
-    for steps in SEARCH_STAGES:
-        start = _grid_search(coarse_template, coarse_moving, coarse_mask, start, steps)
-    return start
+    coarse = (itk.Shrink(itk.SmoothingRecursiveGaussian(template, sigma), [shrink] * 3),
+              itk.SmoothingRecursiveGaussian(moving, sigma))
+    coarse_mask = itk.Resample(fixed_mask, coarse[0], itk.Transform(), itk.sitkNearestNeighbor)
+    shifted = _grid_search(*coarse, coarse_mask, centred, SHIFT_SEARCH_STEPS)[0]
+    rotated = _grid_search(*coarse, coarse_mask, shifted, ROTATION_SEARCH_STEPS)[:RIGID_STARTS]
+    return [_grid_search(*coarse, coarse_mask, start, FINE_SHIFT_SEARCH_STEPS)[0] for start in rotated]
 
 
 def _grid_search(template: SimpleITK.Image, moving: SimpleITK.Image, fixed_mask: SimpleITK.Image,
-                 start: SimpleITK.Euler3DTransform, steps: tuple[int, ...]) -> SimpleITK.Euler3DTransform:
-    """The rigid transform of lowest metric among ``start`` moved by whole steps along each parameter."""
+                 start: SimpleITK.Euler3DTransform, steps: tuple[int, ...]) -> list[SimpleITK.Euler3DTransform]:
+    """``start`` moved by whole steps along each parameter, best metric first."""
     itk = sitk()
     method = _method(fixed_mask)
     method.SetMetricSamplingStrategy(method.NONE)
@@ -118,15 +124,13 @@ def _grid_search(template: SimpleITK.Image, moving: SimpleITK.Image, fixed_mask:
     method.SetOptimizerScales([math.radians(SEARCH_ROTATION_STEP_DEG)] * 3 + [SEARCH_SHIFT_STEP_MM] * 3)
     candidate = itk.Euler3DTransform(start)
     method.SetInitialTransform(candidate, inPlace=True)
-    best: dict[str, object] = {"value": math.inf, "parameters": start.GetParameters()}
-
-    def keep_best() -> None:
-        value = method.GetMetricValue()
-        if value < best["value"]:
-            best.update(value=value, parameters=candidate.GetParameters())
-
-    method.AddCommand(itk.sitkIterationEvent, keep_best)
+    visited: list[tuple[float, tuple[float, ...]]] = []
+    method.AddCommand(itk.sitkIterationEvent,
+                      lambda: visited.append((method.GetMetricValue(), candidate.GetParameters())))
     method.Execute(template, moving)
-    result = itk.Euler3DTransform(start)
-    result.SetParameters(best["parameters"])
-    return result
+    ranked = []
+    for _, parameters in sorted(visited):
+        transform = itk.Euler3DTransform(start)
+        transform.SetParameters(parameters)
+        ranked.append(transform)
+    return ranked
