@@ -55,7 +55,7 @@ def align_predictions(
     if not named:
         raise ValueError("align_predictions needs at least one set of predictions.")
     (reference_name, reference), *others = named.items()
-    reference_labels = dict(zip(reference.images, reference.y_true))
+    reference_labels = dict(zip(reference.images, reference.labels))
     problems = []
     for name, other in others:
         if other.class_names != reference.class_names:
@@ -72,7 +72,7 @@ def align_predictions(
                             f"{_listed(only_other)}")
         relabelled = [f"{image} ({reference.class_names[reference_labels[image]]} in {reference_name}, "
                       f"{other.class_names[label]} in {name})"
-                      for image, label in zip(other.images, other.y_true)
+                      for image, label in zip(other.images, other.labels)
                       if image in reference_labels and reference_labels[image] != label]
         if relabelled:
             problems.append(f"{len(relabelled)} scan(s) with different true labels: {_listed(relabelled)}")
@@ -97,7 +97,7 @@ def evaluate_predictions(
 def _delong_per_class(a: Predictions, b: Predictions) -> dict[str, dict[str, Any]]:
     """DeLong test of the positive class (binary) or of every class against the rest (multi-class)."""
     classes = [metrics.POSITIVE_CLASS] if len(a.class_names) == 2 else range(len(a.class_names))
-    results = {}
+    results: dict[str, dict[str, Any]] = {}
     for index in classes:
         name = a.class_names[index]
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 from alz_monai.layout import BEST_MODEL_NAME, CHECKPOINTS_DIRNAME, EVALUATION_DIRNAME, SUMMARY_NAME
 from alz_monai.recipes import BUNDLES_DIR, STAGE1, STAGE2, run_bundle
@@ -21,13 +22,13 @@ logger = logging.getLogger(__name__)
 # Small enough for a 2-core CPU in a few minutes. The demo data carry a stronger disease effect than the
 # default (theoretical best accuracy 0.98 instead of 0.88) so that a few CPU epochs can learn it; the default
 # effect needs about 30 epochs of 128^3 training on a GPU.
-DEMO_DATA = {"subjects": 100, "sessions": 2, "spacing": 4.0, "effect": 4.0, "seed": 0, "workers": 2}
+DEMO_DATA: dict[str, Any] = {"subjects": 100, "sessions": 2, "spacing": 4.0, "effect": 4.0, "seed": 0, "workers": 2}
 DEMO_COMMON = {"spatial_size": "[48,48,48]", "pixdim": "[4,4,4]", "batch_size": "8", "bootstrap_resamples": "500",
                "log_every_n_steps": "10", "key_metric": "balanced_accuracy"}
 DEMO_STAGE1 = {"num_epochs": "15", "learning_rate": "0.001", "network_def#name": "resnet10"}
 DEMO_STAGE2 = {"num_epochs": "6", "warmup_epochs": "1", "learning_rate": "0.0005", "backbone": "resnet10",
                "embed_dim": "64", "num_heads": "4", "depth": "1"}
-FAST = {"subjects": 12, "num_epochs": "2"}
+FAST: dict[str, Any] = {"subjects": 12, "num_epochs": "2"}
 
 
 def run_demo(output_dir: Path, fast: bool = False) -> int:

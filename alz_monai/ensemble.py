@@ -111,10 +111,10 @@ def ensemble_runs(
     the temperature and the comparison with ``compare_with``). An output folder that holds files is refused unless
     ``overwrite``.
     """
-    runs = [Path(run) for run in runs]
-    if len(runs) < 2:
-        raise ValueError(f"an ensemble needs at least 2 runs, got {len(runs)}.")
-    files = [str(run) for run in runs if run.is_file()]
+    run_paths = [Path(run) for run in runs]
+    if len(run_paths) < 2:
+        raise ValueError(f"an ensemble needs at least 2 runs, got {len(run_paths)}.")
+    files = [str(run) for run in run_paths if run.is_file()]
     if calibrate and files:
         raise ValueError(f"--calibrate reads each run's {BEST_VALIDATION}_predictions.csv, so it needs run folders, "
                          f"not the predictions files {', '.join(files)}.")
@@ -122,13 +122,13 @@ def ensemble_runs(
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{output_dir} already holds files; choose a new --output-dir or pass --overwrite to "
                               "write over it.")
-    names = [f"run {index + 1}" for index in range(len(runs))]
+    names = [f"run {index + 1}" for index in range(len(run_paths))]
     members = align_predictions({name: load_predictions(find_predictions(run, split)) for name, run in
-                                 zip(names, runs)}, hint=_SAME_SCANS_HINT)
+                                 zip(names, run_paths)}, hint=_SAME_SCANS_HINT)
     ensemble = ensemble_predictions(members)
     fit = None
     if calibrate:
-        ensemble, fit = _calibrated(ensemble, runs, names)
+        ensemble, fit = _calibrated(ensemble, run_paths, names)
 
     evaluation = evaluate_with_participants(ensemble, bootstrap_resamples, seed)
     report_dir = output_dir / REPORTS_DIRNAME
@@ -152,12 +152,12 @@ def ensemble_runs(
     }
     if compare_with is not None:
         other = load_predictions(find_predictions(compare_with, split))
-        comparison = compare_predictions(dataclasses.replace(ensemble, source=f"ensemble of {len(runs)} runs"),
-                                         other, bootstrap_resamples, seed)
+        named = dataclasses.replace(ensemble, source=f"ensemble of {len(run_paths)} runs")
+        comparison = compare_predictions(named, other, bootstrap_resamples, seed)
         summary["comparison"] = {"split": split, **comparison}
     summary = metrics.to_jsonable(summary)
     atomic_write_json(output_dir / ENSEMBLE_SUMMARY_NAME, summary)
-    logger.info("ensemble of %d runs written to %s", len(runs), output_dir)
+    logger.info("ensemble of %d runs written to %s", len(run_paths), output_dir)
     return summary
 
 

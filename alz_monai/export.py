@@ -185,6 +185,7 @@ def export_onnx(
             network, (trace_input,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
             dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=opset_version, external_data=False,
             verbose=False)
+    assert program is not None  # the dynamo exporter always returns its program
     proto = program.model_proto
     props = {"alz_monai_version": alz_monai.__version__, "input": f"{INPUT_NAME} (batch, {in_channels}, "
              f"{', '.join(map(str, spatial_size))}) float32", "output": f"{OUTPUT_NAME} (batch, classes)",
@@ -259,7 +260,7 @@ def _spatial_size(text: str) -> tuple[int, int, int]:
         raise argparse.ArgumentTypeError(message) from None
     if len(sizes) != 3 or min(sizes) <= 0:
         raise argparse.ArgumentTypeError(f"spatial size must be three positive integers, got {text!r}")
-    return sizes  # type: ignore[return-value]
+    return sizes
 
 
 def _option(text: str) -> tuple[str, Any]:

@@ -852,11 +852,13 @@ def write_comparison_report(
         raise ValueError(f"a comparison report needs at least 2 runs, got {len(named)}; for one run use "
                          "write_run_report")
     reports = [load_run(folder, name, band_resamples) for name, folder in named.items()]
-    chosen = []
+    chosen: list[Evaluation] = []
     for report in reports:
-        matching = [e for e in report.evaluations if e.split == split] or [report.headline]
-        chosen.append(matching[0])
-    columns = []
+        evaluation = next((e for e in report.evaluations if e.split == split), report.headline)
+        if evaluation is None:
+            raise FileNotFoundError(f"{report.run_dir} holds no evaluation report; evaluate the run first")
+        chosen.append(evaluation)
+    columns: list[dict[str, Any]] = []
     for report, evaluation in zip(reports, chosen):
         columns.append({"name": report.name, "path": str(report.run_dir), "model": report.model,
                         "label": evaluation.label,

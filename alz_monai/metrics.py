@@ -63,7 +63,7 @@ def validate_predictions(
     num_classes = probs.shape[1] if class_names is None else len(class_names)
     if num_classes < 2:
         raise ValueError(f"at least 2 classes are needed, got {num_classes} (class_names={class_names!r}).")
-    if probs.shape[1] != num_classes:
+    if class_names is not None and probs.shape[1] != num_classes:
         raise ValueError(
             f"probs must have shape (num_samples, {num_classes}) to match class_names {list(class_names)!r}, "
             f"got shape {probs.shape}."

@@ -32,7 +32,7 @@ def build_optimizer(
     if isinstance(params, nn.Module):
         params = [p for p in params.parameters() if p.requires_grad]
     name = name.lower()
-    fused = {"fused": True} if torch.cuda.is_available() else {}
+    fused: dict[str, Any] = {"fused": True} if torch.cuda.is_available() else {}
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **fused)
     if name == "adamw":

@@ -50,7 +50,7 @@ PER_CLASS_BAR_METRICS = ("precision", "recall", "f1", "specificity")
 #: The figures :func:`report_figures` draws for one evaluation, in display order.
 REPORT_FIGURES = ("roc", "pr", "confusion_matrix", "reliability", "per_class")
 
-_CHANCE_STYLE = {"color": "0.45", "linestyle": "--", "linewidth": 1.0}
+_CHANCE_STYLE: dict[str, Any] = {"color": "0.45", "linestyle": "--", "linewidth": 1.0}
 
 _SALIENCY_FLOOR = 0.05
 """Saliency below this is left transparent in overlays, so the anatomy stays visible."""
@@ -303,13 +303,13 @@ def plot_training_curves(
         raise ValueError("no training curve to plot: the run's TensorBoard folders hold no loss or metric")
     figure = _new_figure(4.2 * len(panels), 3.6)
     for axes, panel in zip(np.atleast_1d(figure.subplots(1, len(panels))), panels):
-        if panel == "iteration":
-            steps, values = (np.asarray(part, dtype=float) for part in iteration_loss)  # type: ignore[union-attr]
-            axes.plot(steps, values, color="0.7", linewidth=0.8, label="per iteration")
-            window = max(1, len(values) // 20)
+        if panel == "iteration" and iteration_loss is not None:
+            iterations, losses = (np.asarray(part, dtype=float) for part in iteration_loss)
+            axes.plot(iterations, losses, color="0.7", linewidth=0.8, label="per iteration")
+            window = max(1, len(losses) // 20)
             if window > 1:
-                running = np.convolve(values, np.ones(window) / window, mode="valid")
-                axes.plot(steps[window - 1:], running, color="#1f4e79", linewidth=1.8,
+                running = np.convolve(losses, np.ones(window) / window, mode="valid")
+                axes.plot(iterations[window - 1:], running, color="#1f4e79", linewidth=1.8,
                           label=f"mean of {window} iterations")
             axes.set(xlabel="Training iteration", ylabel="Loss", title="Training loss")
         elif panel == "epoch_loss":
@@ -394,13 +394,13 @@ def plot_saliency_slices(
     low, high = np.percentile(volume, [1.0, 99.5])
     figure = _new_figure(10.5, 4.0)
     views = sorted(range(3), key=lambda axis: ("sagittal", "coronal", "axial").index(_VIEW_OF_AXIS[codes[axis]]))
-    overlay = None
+    overlays = []
     for axes, axis in zip(figure.subplots(1, 3), views):
         horizontal, vertical, right, up = _display_axes(axis, codes)
         shown = {"origin": "lower", "aspect": voxel_size[vertical] / voxel_size[horizontal]}
         axes.imshow(_view_slice(volume, axis, centre[axis], codes), cmap="gray", vmin=low, vmax=high, **shown)
         heat_slice = np.ma.masked_less(_view_slice(heat, axis, centre[axis], codes), _SALIENCY_FLOOR)
-        overlay = axes.imshow(heat_slice, cmap="inferno", vmin=0.0, vmax=1.0, alpha=0.6, **shown)
+        overlays.append(axes.imshow(heat_slice, cmap="inferno", vmin=0.0, vmax=1.0, alpha=0.6, **shown))
         marker = {"fontsize": 10, "fontweight": "bold", "color": "#f1c40f", "transform": axes.transAxes}
         axes.text(0.02, 0.5, _OPPOSITE[right], ha="left", va="center", **marker)
         axes.text(0.98, 0.5, right, ha="right", va="center", **marker)
@@ -408,7 +408,7 @@ def plot_saliency_slices(
         axes.text(0.5, 0.98, up, ha="center", va="top", **marker)
         axes.set_title(f"{_VIEW_OF_AXIS[codes[axis]]} (slice {centre[axis]} of {volume.shape[axis]})", fontsize=9)
         axes.set_axis_off()
-    figure.colorbar(overlay, ax=figure.axes, shrink=0.8, label="saliency (scaled to [0, 1])")
+    figure.colorbar(overlays[-1], ax=figure.axes, shrink=0.8, label="saliency (scaled to [0, 1])")
     if empty:
         figure.supxlabel("map is all zeros: no evidence for the class anywhere in the head", color="#c0392b",
                          fontsize=10)

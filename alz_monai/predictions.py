@@ -45,6 +45,13 @@ class Predictions:
         return self.probs.argmax(axis=1)
 
     @property
+    def labels(self) -> np.ndarray:
+        """``y_true`` where scores are compared against the truth, which unlabelled predictions lack."""
+        if self.y_true is None:
+            raise ValueError(f"{self.source} holds no true labels")
+        return self.y_true
+
+    @property
     def groups(self) -> tuple[str, ...] | None:
         """Participant of every scan for the bootstrap, or None (scans resampled alone) when any is unknown."""
         return self.participants if all(self.participants) else None

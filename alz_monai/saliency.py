@@ -180,6 +180,8 @@ def save_saliency_nifti(
     """Write ``volume`` (on the grid of the scan at ``reference_path``) as float32 NIfTI with that scan's affine,
     qform/sform codes and shape, a trailing singleton axis included; atomic, gzipped for a ``.gz`` name."""
     reference = nib.load(reference_path)
+    if not isinstance(reference, nib.Nifti1Image):  # NIfTI-2 images are Nifti1Image too
+        raise ValueError(f"{reference_path} is not a NIfTI image: saliency maps are written on the grid of NIfTI scans")
     data = np.asarray(convert_to_tensor(volume, track_meta=False).detach().cpu(), dtype=np.float32)
     if data.ndim == 4 and data.shape[0] == 1:
         data = data[0]
@@ -418,7 +420,7 @@ def random_baseline(
     shape = region_source.shape
     mass_inside, pointing_hits = np.empty(draws), np.zeros(draws, dtype=bool)
     for draw in range(draws):
-        field_values = rng.standard_normal(shape, dtype=np.float32)
+        field_values: np.ndarray = rng.standard_normal(shape, dtype=np.float32)
         if sigma > 0:  # in Fourier space: as fast for any sigma; the field wraps around, which noise may
             spectrum = ndimage.fourier_gaussian(np.fft.rfftn(field_values), sigma, n=shape[-1])
             field_values = np.fft.irfftn(spectrum, s=shape)

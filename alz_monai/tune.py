@@ -104,18 +104,21 @@ def _has_key(config: Any, key: str) -> bool:
 def load_space(space: str | Path | Mapping[str, Mapping[str, Any]] | None, bundle_dir: str | Path) -> dict[str, Any]:
     """The search space (a file, a mapping or the default), checked against the knobs of the bundle's recipe."""
     source = "the default search space"
+    given: Mapping[str, Mapping[str, Any]] | None
     if isinstance(space, (str, Path)):
         source = str(space)
         if not Path(space).is_file():
             raise FileNotFoundError(f"search space {space} does not exist.")
         text = Path(space).read_text(encoding="utf-8")
-        space = json.loads(text) if Path(space).suffix == ".json" else yaml.safe_load(text)
-    space = dict(DEFAULT_SPACE if space is None else space)
+        given = json.loads(text) if Path(space).suffix == ".json" else yaml.safe_load(text)
+    else:
+        given = space
+    checked = dict(DEFAULT_SPACE if given is None else given)
     recipe = yaml.safe_load((Path(bundle_dir) / TRAIN_CONFIG).read_text(encoding="utf-8"))
     problems = []
-    if not space:
+    if not checked:
         problems.append("it is empty")
-    for knob, spec in space.items():
+    for knob, spec in checked.items():
         if f"--{knob}" in RESERVED_OVERRIDES:
             problems.append(f"{knob} is set by the cross-validation itself")
         elif not _has_key(recipe, knob):
@@ -137,7 +140,7 @@ def load_space(space: str | Path | Mapping[str, Mapping[str, Any]] | None, bundl
             problems.append(f"{knob}: a log range needs low > 0, got {spec['low']!r}")
     if problems:
         raise ConfigError(f"search space ({source}): " + "; ".join(problems))
-    return space
+    return checked
 
 
 def _suggest(trial: optuna.Trial, space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -224,7 +227,7 @@ def run_tuning(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Run (or resume) the search until ``trials`` trials are done; write and return ``tune_summary.json``."""
-    optuna = _import_optuna()
+    optuna_module = _import_optuna()  # not named optuna: the annotations below name the module of TYPE_CHECKING
     bundle_dir, output_dir = Path(bundle_dir).absolute(), Path(output_dir).absolute()
     if not (bundle_dir / TRAIN_CONFIG).is_file():
         raise FileNotFoundError(f"{bundle_dir / TRAIN_CONFIG} does not exist; pass a bundle folder such as "
@@ -245,12 +248,14 @@ def run_tuning(
         write_split_table(read_split_table(split_table), shared_split)
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since Optuna 2.9
-        storage = optuna.storages.RDBStorage(f"sqlite:///{output_dir / STUDY_DB_NAME}",
-                                             heartbeat_interval=_HEARTBEAT_S, grace_period=_GRACE_S)
-    study = optuna.create_study(storage=storage, study_name=STUDY_NAME, direction=direction, load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(seed=seed),
-                                pruner=optuna.pruners.MedianPruner() if prune else optuna.pruners.NopPruner())
+        # heartbeats: stable since Optuna 2.9
+        warnings.simplefilter("ignore", optuna_module.exceptions.ExperimentalWarning)
+        storage = optuna_module.storages.RDBStorage(f"sqlite:///{output_dir / STUDY_DB_NAME}",
+                                                    heartbeat_interval=_HEARTBEAT_S, grace_period=_GRACE_S)
+    pruners = optuna_module.pruners
+    study = optuna_module.create_study(storage=storage, study_name=STUDY_NAME, direction=direction,
+                                       load_if_exists=True, sampler=optuna_module.samplers.TPESampler(seed=seed),
+                                       pruner=pruners.MedianPruner() if prune else pruners.NopPruner())
     _check_settings(study, {"bundle_dir": str(bundle_dir), "num_folds": num_folds, "folds": folds, "space": space,
                             "overrides": list(overrides), "metric": metric, "direction": direction}, output_dir)
 
@@ -279,7 +284,7 @@ def run_tuning(
                 raise FoldFailedError(f"trial {trial.number}: the validation {metric} of fold {fold} is undefined")
             trial.report(value, step)
             if step < len(folds) - 1 and trial.should_prune():
-                raise optuna.TrialPruned(f"mean validation {metric} {value:.4f} after {step + 1} fold(s)")
+                raise optuna_module.TrialPruned(f"mean validation {metric} {value:.4f} after {step + 1} fold(s)")
         return value
 
     def stop_when_done(study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:

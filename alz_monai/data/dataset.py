@@ -121,7 +121,10 @@ def transform_fingerprint(transforms: Sequence[Callable]) -> bytes:
 def file_sha256(path: str | Path) -> str:
     """SHA-256 of a file's bytes, as validation computes it (ScanContent.file_sha256)."""
     with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+        digest = hashlib.sha256()  # hashlib.file_digest needs Python 3.11
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _content_key(record: dict[str, Any]) -> str:
@@ -223,7 +226,7 @@ def class_balanced_sampler(records: Sequence[dict[str, Any]], num_classes: int, 
     per_class = class_weights(records, num_classes)
     weights = per_class[[int(r["label"]) for r in records]].double()
     generator = torch.Generator().manual_seed(seed)
-    return WeightedRandomSampler(weights, num_samples=num_samples or len(records), replacement=True,
+    return WeightedRandomSampler(weights.tolist(), num_samples=num_samples or len(records), replacement=True,
                                  generator=generator)
 
 

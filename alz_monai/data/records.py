@@ -106,7 +106,7 @@ def is_nifti(path: str | Path) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
-def nifti_stem(path: str | Path) -> str:
+def nifti_stem(path: str | os.PathLike[str]) -> str:
     """File name without its .nii/.nii.gz suffix."""
     name = Path(path).name
     for suffix in NIFTI_SUFFIXES:
@@ -291,12 +291,13 @@ def _build_records(entries: Iterable[_Entry], classes: Sequence[str], problems: 
     first_location: dict[str, str] = {}
     for entry in entries:
         entry_problems = [f"{entry.location}: {defect}" for defect in entry.defects]
-        if not isinstance(entry.image, str) or not entry.image:
+        image_name = entry.image if isinstance(entry.image, str) else ""
+        if not image_name:
             entry_problems.append(f"{entry.location}: no scan path in 'image' (got {entry.image!r})")
         if entry_problems:  # a malformed row: its other fields cannot be trusted
             problems.extend(entry_problems)
             continue
-        image = _resolve_path(entry.base_dir, entry.image)
+        image = _resolve_path(entry.base_dir, image_name)
         try:
             label = parse_label(entry.label, classes)
         except ValueError as error:

@@ -283,7 +283,8 @@ def site_effects(site: str | SiteEffects = "default", **overrides: Any) -> SiteE
         raise ValueError(f"unknown site parameters {unknown}; choose from {sorted(SITE_PARAMETERS)}")
     if not overrides:
         return site
-    values = {key: tuple(value) if isinstance(value, list) else value for key, value in overrides.items()}
+    values: dict[str, Any] = {key: tuple(value) if isinstance(value, list) else value
+                              for key, value in overrides.items()}
     return replace(site, name="+".join([site.name, *sorted(values)]), **values)
 
 
@@ -510,7 +511,7 @@ def plot_examples(dataset_dir: str | Path, out_png: str | Path, *, per_class: in
     scans = pd.read_csv(table_path, sep="\t")
     baseline = scans[scans["session_id"] == _session_id(0)]
     classes = [name for name in CLASS_MEAN_SEVERITY_FRACTION if name in set(baseline["label"])]
-    examples = []
+    examples: list[pd.Series] = []
     for name in classes:
         members = baseline[baseline["label"] == name].sort_values("latent_atrophy")
         picks = np.unique(np.round(np.linspace(0, len(members) - 1, per_class + 2)[1:-1]).astype(int))
@@ -563,7 +564,7 @@ class _Anatomy:
     brain_centre: np.ndarray
     field_of_view: tuple[np.ndarray, np.ndarray]
     """World coordinates (mm) of the template's first and last voxel centres."""
-    grid_shape: tuple[int, int, int]
+    grid_shape: tuple[int, ...]
     grid_affine: np.ndarray
     voxel_size: np.ndarray
     """Output voxel size (mm) along x, y, z."""
@@ -807,7 +808,7 @@ def _grid_anatomy(voxel: tuple[float, ...], fwhm: tuple[float, ...], field_of_vi
     )
 
 
-def _smooth_random_field(rng: np.random.Generator, control_shape: Sequence[int], shape: Sequence[int],
+def _smooth_random_field(rng: np.random.Generator, control_shape: Sequence[int], shape: Sequence[int] | np.ndarray,
                          components: int = 1) -> np.ndarray:
     """Standard-normal values on a coarse control grid, cubic-spline interpolated to ``shape``."""
     control = rng.standard_normal((components, *control_shape)).astype(np.float32)

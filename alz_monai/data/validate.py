@@ -48,7 +48,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import IO, Any
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -122,7 +122,7 @@ def _read_error(path: str, error: BaseException) -> str:
     return f"{path}: cannot be read as a NIfTI image ({error}); {_REMOVE}"
 
 
-def _open_image(path: str, stream: IO[bytes]) -> tuple[Any, Any, IO[bytes]]:
+def _open_image(path: str, stream: io.BufferedIOBase) -> tuple[Any, Any, io.BufferedIOBase]:
     """The NIfTI-1 or NIfTI-2 image in ``stream`` (decompressed like nibabel does, by the .gz suffix), its header
     as stored (nibabel's checks silently repair some fields on load) and the stream the image reads from."""
     if path.lower().endswith(".gz"):

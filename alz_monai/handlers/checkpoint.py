@@ -61,7 +61,8 @@ def _copy_to_host(value: Any, cuda_devices: set[torch.device]) -> Any:
             return host.copy_(value.detach(), non_blocking=True)
         return value.detach().to("cpu", copy=True)
     if isinstance(value, Mapping):
-        copied = type(value)((key, _copy_to_host(item, cuda_devices)) for key, item in value.items())
+        mapping_type: Any = type(value)  # a concrete mapping (dict, OrderedDict) built from its pairs
+        copied = mapping_type((key, _copy_to_host(item, cuda_devices)) for key, item in value.items())
         if hasattr(value, "_metadata"):  # module state dicts carry per-module versions that loading relies on
             copied._metadata = copy.deepcopy(value._metadata)
         return copied

@@ -6,7 +6,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import ignite.distributed as idist
 import torch
@@ -90,7 +90,8 @@ class ClassificationReport:
         self._meta: dict[str, list[str]] = {"image": [], **{key: [] for key in METADATA_KEYS}}
 
     def _collect(self, engine: Engine) -> None:
-        output, batch = engine.state.output, engine.state.batch
+        # ignite annotates State.output and State.batch as int: they are MONAI's dicts
+        output, batch = cast(dict[str, Any], engine.state.output), cast(dict[str, Any], engine.state.batch)
         logits = output[CommonKeys.PRED]
         self._probs.append(torch.softmax(logits.detach().float(), dim=1))
         self._labels.append(output[CommonKeys.LABEL].detach().reshape(-1))
@@ -192,7 +193,7 @@ class ClassificationReport:
     def _write_figures(self, name: str, predictions: Predictions, step: int) -> None:
         groups = predictions.groups
         context = plots.FigureContext(split="validation" if name == "best_val" else self.prefix, model=self.model_name,
-                                      num_scans=len(predictions.y_true),
+                                      num_scans=len(predictions.images),
                                       num_participants=len(set(groups)) if groups else None)
         figures = plots.report_figures(predictions.y_true, predictions.probs, self.class_names, context, groups=groups,
                                        band_resamples=self.bootstrap_resamples, calibration_bins=self.calibration_bins,

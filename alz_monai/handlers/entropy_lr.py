@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import ignite.distributed as idist
 import torch
@@ -143,7 +143,8 @@ class EntropyAdaptiveLR:
         engine.add_event_handler(IterationEvents.FORWARD_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        self._window_sum = self._window_sum + mean_normalised_entropy(engine.state.output[CommonKeys.PRED])
+        output = cast(dict[str, Any], engine.state.output)  # ignite annotates State.output as int
+        self._window_sum = self._window_sum + mean_normalised_entropy(output[CommonKeys.PRED])
         self._window_count += 1
         self.step += 1
         if self.smoothed_entropy is None or self._window_count >= self.update_every:
@@ -159,11 +160,10 @@ class EntropyAdaptiveLR:
         window_mean = idist.all_reduce(self._window_sum / self._window_count) / idist.get_world_size()
         entropy = float(window_mean)  # the one host-device synchronisation per window
         self._window_sum, self._window_count = 0.0, 0
-        if self.smoothed_entropy is None:
-            self.smoothed_entropy = entropy
-        else:
-            self.smoothed_entropy = self.ema * self.smoothed_entropy + (1 - self.ema) * entropy
-        self.scale = self._pid_scale() if self.mode == "pid" else self._curve_scale(self.smoothed_entropy)
+        previous = self.smoothed_entropy
+        smoothed = entropy if previous is None else self.ema * previous + (1 - self.ema) * entropy
+        self.smoothed_entropy = smoothed
+        self.scale = self._pid_scale(smoothed) if self.mode == "pid" else self._curve_scale(smoothed)
         logger.debug("entropy %.4f, smoothed %.4f: lr scale %.4f", entropy, self.smoothed_entropy, self.scale)
 
     def _curve_scale(self, entropy: float) -> float:
@@ -176,8 +176,8 @@ class EntropyAdaptiveLR:
             return self.min_scale + span * (1 + math.tanh(self.gain * (entropy - self.target_entropy))) / 2
         return 1 / (1 + self.gain * (1 - entropy))
 
-    def _pid_scale(self) -> float:
-        error = self.smoothed_entropy - self.target_entropy
+    def _pid_scale(self, entropy: float) -> float:
+        error = entropy - self.target_entropy
         derivative = 0.0 if self.previous_error is None else error - self.previous_error
         self.previous_error = error
         unclamped = 1 + self.kp * error + self.ki * (self.integral + error) + self.kd * derivative

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import torch
-from ignite.engine import Engine
-from monai.engines import IterationEvents
+from monai.engines import IterationEvents, SupervisedTrainer
 
 __all__ = ["GradientClipping"]
 
@@ -22,10 +21,10 @@ class GradientClipping:
         self.max_norm = max_norm
         self.norm_type = norm_type
 
-    def attach(self, engine: Engine) -> None:
+    def attach(self, engine: SupervisedTrainer) -> None:
         engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
 
-    def __call__(self, engine: Engine) -> None:
+    def __call__(self, engine: SupervisedTrainer) -> None:
         scaler = getattr(engine, "scaler", None)
         if getattr(engine, "amp", False) and scaler is not None:
             scaler.unscale_(engine.optimizer)

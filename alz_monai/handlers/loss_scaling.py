@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Events
+from monai.engines import SupervisedTrainer
 
 __all__ = ["SkipBFloat16LossScaling"]
 
@@ -19,11 +20,12 @@ class SkipBFloat16LossScaling:
     disabled scaler, which passes ``scale``/``step``/``update`` straight through; autocast stays on.
     """
 
-    def attach(self, engine: Engine) -> None:
+    def attach(self, engine: SupervisedTrainer) -> None:
         engine.add_event_handler(Events.STARTED, self)
 
-    def __call__(self, engine: Engine) -> None:
+    def __call__(self, engine: SupervisedTrainer) -> None:
         amp_dtype = (getattr(engine, "amp_kwargs", None) or {}).get("dtype")
         if getattr(engine, "amp", False) and amp_dtype == torch.bfloat16:
-            engine.scaler = torch.amp.GradScaler("cuda", enabled=False)
+            # MONAI infers the attribute as the deprecated torch.cuda.amp.GradScaler, which torch.amp's replaces
+            engine.scaler = torch.amp.GradScaler("cuda", enabled=False)  # type: ignore[assignment]
             logger.info("bfloat16 autocast: loss scaling off")

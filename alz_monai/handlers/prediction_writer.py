@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from ignite.engine import Engine, Events
@@ -36,9 +37,10 @@ class PredictionWriter:
         engine.add_event_handler(Events.COMPLETED, self._write)
 
     def _collect(self, engine: Engine) -> None:
-        logits = engine.state.output[CommonKeys.PRED]
+        # ignite annotates State.output and State.batch as int: they are MONAI's dicts
+        logits = cast(dict[str, Any], engine.state.output)[CommonKeys.PRED]
         self._probs.append(torch.softmax(logits.detach().float(), dim=1))
-        batch = engine.state.batch
+        batch = cast(dict[str, Any], engine.state.batch)
         count = logits.shape[0]
         images = batch[PATH_KEY]
         participants = batch.get("participant_id", [""] * count)

@@ -94,13 +94,15 @@ class RandomStateRecorder:
         return {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": _mt19937_to_plain(np.random.get_state()),
+            # numpy's stub types get_state() as a dict: it is the legacy tuple unless legacy=False
+            "numpy": _mt19937_to_plain(np.random.get_state()),  # type: ignore[arg-type]
             "python": {
                 "version": python_version,
                 "internal": torch.tensor(python_internal, dtype=torch.int64),
                 "gauss_next": python_gauss_next,
             },
-            "transforms": [_mt19937_to_plain(state.get_state()) for state in self.transform_states],
+            "transforms": [_mt19937_to_plain(state.get_state())  # type: ignore[arg-type]  # as numpy's above
+                           for state in self.transform_states],
             "generators": [generator.get_state() for generator in self.generators],
         }
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import ignite.distributed as idist
 import torch
@@ -171,7 +171,7 @@ class EpochLossLogger:
         device = self._sum.device if self._sum is not None else idist.device()
         total = torch.stack([self._sum if self._sum is not None else torch.zeros((), device=device),
                              torch.tensor(float(self._count), device=device)])
-        total = idist.all_reduce(total)
+        total = cast(torch.Tensor, idist.all_reduce(total))  # ignite's signature: float in, float out
         if total[1] <= 0:
             return
         self.last_value = float(total[0] / total[1])
@@ -211,8 +211,8 @@ class HistogramLogger:
         engine.add_event_handler(Events.ITERATION_COMPLETED(event_filter=self._ends_logged_epoch), self)
 
     def _ends_logged_epoch(self, engine: Engine, iteration: int) -> bool:
-        epoch = engine.state.epoch
-        return iteration == engine.state.epoch_length * epoch and epoch % self.interval == 0
+        epoch, epoch_length = engine.state.epoch, engine.state.epoch_length
+        return epoch_length is not None and iteration == epoch_length * epoch and epoch % self.interval == 0
 
     def __call__(self, engine: Engine) -> None:
         epoch = engine.state.epoch

@@ -120,16 +120,18 @@ def initialize_backbone(network: nn.Module, checkpoint: str | os.PathLike) -> Lo
     ``ckpt_export``, evaluation) never needs the stage-1 file.
     """
     model = network.module if isinstance(network, nn.parallel.DistributedDataParallel) else network
-    if not hasattr(model, "backbone"):
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, nn.Module):
         raise ConfigError(f"{type(model).__name__} has no backbone to initialise from {checkpoint}")
     if not Path(checkpoint).is_file():
         raise ConfigError(f"{checkpoint} does not exist: the stage-1 model (train ad_resnet3d first, pass "
                           "--stage1_model PATH, or --from_scratch true)")
-    return load_backbone_weights(model.backbone, checkpoint)
+    return load_backbone_weights(backbone, checkpoint)
 
 
 def _read_state_dict(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor]]:
     """Return a printable name for ``source`` and its flat, prefix-free state dict."""
+    checkpoint: object
     if isinstance(source, Mapping):
         source_name, checkpoint = "state dict", source
     else:
