@@ -7,7 +7,6 @@ several sessions their p-values are somewhat optimistic (the bootstrap intervals
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,7 +22,6 @@ from alz_monai.reports import SUMMARY_METRICS, format_metrics_table
 __all__ = [
     "align_predictions",
     "default_output",
-    "add_compare_parser",
     "compare_predictions",
     "compare_runs",
     "evaluate_predictions",
@@ -204,31 +202,3 @@ def default_output(run_a: Path, run_b: Path, split: str) -> Path:
     folder = run_a.parent if run_a.is_file() else run_a
     other = run_b.parent.name if run_b.is_file() else run_b.name
     return folder / "comparisons" / f"{split}_vs_{other}.json"
-
-
-def _cmd_compare(args: argparse.Namespace) -> int:
-    output = args.output if args.output is not None else default_output(args.run_a, args.run_b, args.split)
-    if output.exists() and not args.overwrite:
-        raise FileExistsError(f"{output} exists; pass --overwrite to replace it, or --output another file")
-    result = compare_runs(args.run_a, args.run_b, split=args.split, output=output,
-                          bootstrap_resamples=args.bootstrap_resamples, seed=args.seed)
-    print(format_comparison_table(result))
-    return 0
-
-
-def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``alz-monai compare RUN_A RUN_B`` on the CLI's subparsers."""
-    parser = subparsers.add_parser(
-        "compare", help="paired comparison of two runs on the same scans (CIs, DeLong, McNemar)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_a", type=Path, help="run folder (or a <split>_predictions.csv) of model A")
-    parser.add_argument("run_b", type=Path, help="run folder (or a <split>_predictions.csv) of model B")
-    parser.add_argument("--split", default="test", help="split whose predictions are compared (default: test)")
-    parser.add_argument("--output", type=Path, default=None,
-                        help="JSON result (default: RUN_A/comparisons/<split>_vs_<RUN_B name>.json)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing result")
-    parser.add_argument("--bootstrap-resamples", type=int, default=1000, help="resamples of each 95%% CI")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
-    parser.set_defaults(func=_cmd_compare)
-    return parser
-

@@ -12,7 +12,6 @@ checkpoint.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import subprocess
@@ -36,7 +35,6 @@ from alz_monai.run_dir import latest_checkpoint
 __all__ = [
     "CV_SUMMARY_NAME",
     "FoldFailedError",
-    "add_cv_parser",
     "aggregate_cross_validation",
     "check_fold_participants",
     "ensemble_predictions",
@@ -347,57 +345,3 @@ def format_cv_table(summary: Mapping[str, Any]) -> str:
     columns["test ensemble"] = summary["ensemble"]["metrics"]
     table = format_metrics_table(columns, intervals={"test ensemble": summary["ensemble"]["confidence_intervals"]})
     return f"{len(summary['folds'])} of {summary['num_folds']} folds (validation: best epoch of each)\n{table}"
-
-
-def _fold_list(text: str) -> list[int]:
-    try:
-        return [int(value) for value in text.split(",") if value.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"folds must be comma-separated integers like 0,2, got {text!r}") from None
-
-
-def _add_cv_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--num-folds", "--num_folds", dest="num_folds", type=int, default=None,
-                        help="number of folds K (required)")
-    parser.add_argument("--output-dir", "--output_dir", dest="output_dir", type=Path, default=None,
-                        help="folder of the cross-validation: fold_<k>/ runs, cv_summary.json (required)")
-    parser.add_argument("--folds", type=_fold_list, default=None, help="train only these folds, e.g. 0,2")
-    parser.add_argument("--split-table", type=Path, default=None,
-                        help="base splits.tsv to use (e.g. of an earlier run, to test on its test scans)")
-    parser.add_argument("--bootstrap-resamples", type=int, default=1000, help="resamples of the ensemble's 95%% CIs")
-
-
-def _cmd_cv(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    # argparse cannot parse options between a positional and "--" (and drops "--" in some places), so everything
-    # after BUNDLE_DIR arrives here: the options of `cv` are picked out, the rest are bundle overrides.
-    options_parser = argparse.ArgumentParser(prog=parser.prog, add_help=False, allow_abbrev=False)
-    _add_cv_options(options_parser)
-    _, overrides = options_parser.parse_known_args(
-        [token for token in args.bundle_arguments if token != "--"], namespace=args)
-    if args.num_folds is None or args.output_dir is None:
-        parser.error("--num-folds and --output-dir are required")
-    try:
-        summary = run_cross_validation(args.bundle_dir, args.output_dir, args.num_folds, folds=args.folds,
-                                       overrides=overrides, split_table=args.split_table,
-                                       bootstrap_resamples=args.bootstrap_resamples)
-    except FoldFailedError as error:
-        print(f"alz-monai cv: {error}", file=sys.stderr)
-        return 1
-    print(format_cv_table(summary))
-    return 0
-
-
-def add_cv_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``alz-monai cv BUNDLE_DIR --num-folds K --output-dir OUT [-- bundle overrides]``."""
-    parser = subparsers.add_parser(
-        "cv", help="k-fold cross-validation of a bundle, with a fold ensemble on the test split",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        usage="%(prog)s BUNDLE_DIR --num-folds K --output-dir OUT [--folds 0,2] [--split-table TSV] "
-              "[--bootstrap-resamples N] [-- BUNDLE_OVERRIDES ...]")
-    parser.add_argument("bundle_dir", type=Path, help="bundle folder, e.g. bundles/ad_resnet3d")
-    _add_cv_options(parser)
-    parser.add_argument("bundle_arguments", nargs=argparse.REMAINDER, metavar="-- BUNDLE_OVERRIDES",
-                        help="after --: overrides for every fold's training, e.g. -- --num_epochs 50 (relative "
-                             "paths are relative to BUNDLE_DIR)")
-    parser.set_defaults(func=lambda args: _cmd_cv(parser, args))
-    return parser

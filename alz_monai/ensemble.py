@@ -13,7 +13,6 @@ calibrated models is itself usually under-confident.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
@@ -37,7 +36,6 @@ from alz_monai.reports import SUMMARY_METRICS, format_metrics_table
 
 __all__ = [
     "ENSEMBLE_SUMMARY_NAME",
-    "add_ensemble_parser",
     "ensemble_runs",
     "evaluate_with_participants",
     "format_ensemble_table",
@@ -183,31 +181,3 @@ def format_ensemble_table(summary: Mapping[str, Any]) -> str:
     if "comparison" in summary:
         lines += ["", "ensemble (A) against a single run (B):", format_comparison_table(summary["comparison"])]
     return "\n".join(lines)
-
-
-def _cmd_ensemble(args: argparse.Namespace) -> int:
-    summary = ensemble_runs(args.runs, args.output_dir, split=args.split, calibrate=args.calibrate,
-                            compare_with=args.compare_with, bootstrap_resamples=args.bootstrap_resamples,
-                            seed=args.seed, overwrite=args.overwrite)
-    print(format_ensemble_table(summary))
-    return 0
-
-
-def add_ensemble_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``alz-monai ensemble RUN... --output-dir OUT`` on the CLI's subparsers."""
-    parser = subparsers.add_parser(
-        "ensemble", help="average the probabilities of several runs; per-scan and per-participant metrics",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", type=Path, help="run folders (or <split>_predictions.csv files), 2 or more")
-    parser.add_argument("--output-dir", "--output_dir", dest="output_dir", type=Path, required=True,
-                        help="folder of the ensemble's reports (must be new or empty unless --overwrite)")
-    parser.add_argument("--split", default="test", help="split whose predictions are averaged (default: test)")
-    parser.add_argument("--calibrate", action="store_true",
-                        help="fit a temperature to the ensemble of the runs' best_val predictions and apply it")
-    parser.add_argument("--compare-with", type=Path, default=None,
-                        help="a single run (e.g. the best member) to compare the ensemble with (DeLong, McNemar)")
-    parser.add_argument("--bootstrap-resamples", type=int, default=1000, help="resamples of each 95%% CI")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
-    parser.add_argument("--overwrite", action="store_true", help="write over the reports in --output-dir")
-    parser.set_defaults(func=_cmd_ensemble)
-    return parser

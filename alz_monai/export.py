@@ -12,7 +12,6 @@ Needs the ``onnx`` extra: ``pip install 'alz-monai[onnx]'`` (onnx, onnxruntime, 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import dataclasses
@@ -31,7 +30,7 @@ from torch import nn
 import alz_monai
 from alz_monai.errors import ConfigError
 from alz_monai.fileio import atomic_open
-from alz_monai.networks import NETWORK_NAMES, get_network, load_backbone_weights
+from alz_monai.networks import get_network, load_backbone_weights
 
 __all__ = [
     "DEFAULT_ATOL",
@@ -40,7 +39,6 @@ __all__ = [
     "OUTPUT_NAME",
     "OnnxCheck",
     "OnnxMismatchError",
-    "add_export_parser",
     "example_inputs",
     "export_checkpoint_onnx",
     "export_onnx",
@@ -250,53 +248,3 @@ def export_checkpoint_onnx(
     recorded_options = yaml.safe_dump(dict(options or {}), default_flow_style=True).strip()
     metadata = {"network": name, "network_options": recorded_options, "classes": ",".join(classes)}
     return export_onnx(network, output, spatial_size, in_channels=in_channels, metadata=metadata)
-
-
-def _spatial_size(text: str) -> tuple[int, int, int]:
-    try:
-        sizes = tuple(int(value) for value in text.strip("[]()").split(","))
-    except ValueError:
-        message = f"spatial size must be three integers like 128,128,128, got {text!r}"
-        raise argparse.ArgumentTypeError(message) from None
-    if len(sizes) != 3 or min(sizes) <= 0:
-        raise argparse.ArgumentTypeError(f"spatial size must be three positive integers, got {text!r}")
-    return sizes
-
-
-def _option(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"--option takes KEY=VALUE (e.g. embed_dim=64), got {text!r}")
-    return key, yaml.safe_load(value)
-
-
-def _cmd_export(args: argparse.Namespace) -> int:
-    output = args.output if args.output is not None else args.checkpoint.with_suffix(".onnx")
-    if output.exists() and not args.force:
-        raise FileExistsError(f"{output} exists; pass --force to replace it or choose another --output")
-    classes = tuple(name.strip() for name in args.classes.split(",") if name.strip())
-    if len(classes) < 2:
-        raise ConfigError(f"--classes needs the run's class names in label order, e.g. CN,AD; got {args.classes!r}")
-    check = export_checkpoint_onnx(args.network, args.checkpoint, output, spatial_size=args.spatial_size,
-                                   in_channels=args.in_channels, classes=classes, options=dict(args.option))
-    print(check.describe())
-    print(f"ONNX model written to {output}")
-    return 0
-
-
-def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``alz-monai export-onnx CHECKPOINT --network NAME --spatial-size D,H,W`` on the CLI's subparsers."""
-    parser = subparsers.add_parser(
-        "export-onnx", help="export a trained checkpoint to ONNX, checked against PyTorch with onnxruntime",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", type=Path, help="e.g. RUN/checkpoints/model_best.pt")
-    parser.add_argument("--network", required=True, choices=NETWORK_NAMES, help="network the run trained")
-    parser.add_argument("--spatial-size", type=_spatial_size, required=True, help="input size D,H,W of the run")
-    parser.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
-                        help="network option the run used (ad_mosa: backbone, embed_dim, depth, num_heads, ...)")
-    parser.add_argument("--classes", default="CN,AD", help="class names in label order (recorded in the model)")
-    parser.add_argument("--in-channels", type=int, default=1)
-    parser.add_argument("--output", type=Path, default=None, help="ONNX file (default: the checkpoint's, .onnx)")
-    parser.add_argument("--force", action="store_true", help="replace an existing ONNX file")
-    parser.set_defaults(func=_cmd_export)
-    return parser

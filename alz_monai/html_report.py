@@ -10,7 +10,6 @@ the page loads nothing from the network.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import contextlib
 import dataclasses
@@ -36,8 +35,8 @@ from alz_monai.predictions import Predictions, load_predictions
 from alz_monai.reports import SUMMARY_METRICS
 
 __all__ = [
-    "REPORT_NAME", "TIMELINE_NAME", "RunReport", "add_report_parser", "load_run", "render_report",
-    "write_comparison_report", "write_cv_report", "write_run_report",
+    "REPORT_NAME", "TIMELINE_NAME", "RunReport", "load_run", "render_report",
+    "write_comparison_report", "write_cv_report", "write_report", "write_run_report",
 ]
 
 logger = logging.getLogger(__name__)
@@ -901,35 +900,17 @@ def write_cv_report(cv_dir: str | os.PathLike, output: str | os.PathLike | None 
                                    band_resamples=band_resamples)
 
 
-def _cmd_report(args: argparse.Namespace) -> int:
-    runs = [Path(run) for run in args.runs]
-    if len(runs) == 1:
-        run = runs[0]
-        if (run / CV_SUMMARY_NAME).is_file():
-            path = write_cv_report(run, args.output, args.band_resamples)
-        else:
-            path = write_run_report(run, args.output, args.band_resamples)
-    else:
-        if args.output is None:
-            raise ValueError("several runs make a comparison report: name its file with --output, e.g. "
-                             "--output comparison.html")
-        path = write_comparison_report(runs, args.output, split=args.split, band_resamples=args.band_resamples)
-    print(f"report written to {path}")
-    return 0
-
-
-def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``alz-monai report RUN [RUN ...]`` on the CLI's subparsers."""
-    parser = subparsers.add_parser(
-        "report", help="a self-contained HTML report of a run, or of several runs side by side",
-        description="One run folder: <run>/report.html (a cross-validation folder: its folds beside the ensemble). "
-                    "Several: one comparison page, written to --output.")
-    parser.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s): a training --output_dir, an "
-                        "`alz-monai cv` or `alz-monai ensemble` output folder")
-    parser.add_argument("--output", type=Path, default=None,
-                        help="HTML file to write (default for one run: <run>/report.html)")
-    parser.add_argument("--split", default="test", help="split compared across runs (default: test)")
-    parser.add_argument("--band-resamples", type=int, default=1000,
-                        help="bootstrap resamples of the ROC bands of figures drawn from predictions")
-    parser.set_defaults(func=_cmd_report)
-    return parser
+def write_report(runs: Sequence[str | os.PathLike], output: str | os.PathLike | None = None, split: str = "test",
+                 band_resamples: int = 1000) -> Path:
+    """The page ``alz-monai report`` writes: one run's (a cross-validation folder's: its folds beside the
+    ensemble), or the comparison of several runs, which needs ``output``."""
+    folders = [Path(run) for run in runs]
+    if len(folders) == 1:
+        folder = folders[0]
+        if (folder / CV_SUMMARY_NAME).is_file():
+            return write_cv_report(folder, output, band_resamples)
+        return write_run_report(folder, output, band_resamples)
+    if output is None:
+        raise ValueError("several runs make a comparison report: name its file with --output, e.g. "
+                         "--output comparison.html")
+    return write_comparison_report(folders, output, split=split, band_resamples=band_resamples)

@@ -25,7 +25,6 @@ configs/train.yaml,OUT/best_config.yaml``. ``OUT/tune_summary.json`` lists every
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -40,7 +39,6 @@ from alz_monai.crossval import (
     RESERVED_OVERRIDES,
     TRAIN_CONFIG,
     FoldFailedError,
-    _add_cv_options,
     run_cross_validation,
 )
 from alz_monai.data.splits import SPLIT_TABLE_NAME, read_split_table, write_split_table
@@ -50,7 +48,7 @@ from alz_monai.fileio import atomic_write_json, atomic_write_text
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["BEST_CONFIG_NAME", "DEFAULT_SPACE", "TUNE_SUMMARY_NAME", "add_tune_parser", "format_tune_table",
+__all__ = ["BEST_CONFIG_NAME", "DEFAULT_SPACE", "TUNE_SUMMARY_NAME", "format_tune_table",
            "load_space", "run_tuning"]
 
 logger = logging.getLogger(__name__)
@@ -338,44 +336,3 @@ def format_tune_table(summary: Mapping[str, Any]) -> str:
         lines.append(f"best configuration: {Path(summary['settings']['bundle_dir'])} + "
                      f"{Path(summary['best']['folder']).parent / BEST_CONFIG_NAME}")
     return "\n".join(lines)
-
-
-def _add_tune_options(parser: argparse.ArgumentParser) -> None:
-    _add_cv_options(parser)
-    parser.add_argument("--trials", type=int, default=None, help="number of trials of the study (required)")
-    parser.add_argument("--space", type=Path, default=None, help="YAML/JSON search space (default: DEFAULT_SPACE)")
-    parser.add_argument("--metric", default=None, help="validation metric to optimise (default: key_metric)")
-    parser.add_argument("--direction", choices=("maximize", "minimize"), default=None,
-                        help="default: from key_metric_mode")
-    parser.add_argument("--no-prune", dest="prune", action="store_false", help="train every fold of every trial")
-    parser.add_argument("--seed", type=int, default=0, help="sampler seed (one per parallel process)")
-
-
-def _cmd_tune(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    options_parser = argparse.ArgumentParser(prog=parser.prog, add_help=False, allow_abbrev=False)
-    _add_tune_options(options_parser)
-    _, overrides = options_parser.parse_known_args(
-        [token for token in args.bundle_arguments if token != "--"], namespace=args)
-    if args.num_folds is None or args.output_dir is None or args.trials is None:
-        parser.error("--num-folds, --output-dir and --trials are required")
-    summary = run_tuning(args.bundle_dir, args.output_dir, args.num_folds, args.trials, space=args.space,
-                         overrides=overrides, folds=args.folds, metric=args.metric, direction=args.direction,
-                         split_table=args.split_table, prune=args.prune,
-                         bootstrap_resamples=args.bootstrap_resamples, seed=args.seed)
-    print(format_tune_table(summary))
-    return 0
-
-
-def add_tune_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``alz-monai tune BUNDLE_DIR --num-folds K --output-dir OUT --trials N [-- BUNDLE_OVERRIDES]``."""
-    parser = subparsers.add_parser(
-        "tune", help="Optuna search of a bundle's recipe over cross-validation folds of train+val",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        usage="%(prog)s BUNDLE_DIR --num-folds K --output-dir OUT --trials N [--folds 0,2] [--space FILE] "
-              "[--metric M] [--no-prune] [--seed S] [-- BUNDLE_OVERRIDES ...]")
-    parser.add_argument("bundle_dir", type=Path, help="bundle folder, e.g. bundles/ad_resnet3d")
-    _add_tune_options(parser)
-    parser.add_argument("bundle_arguments", nargs=argparse.REMAINDER, metavar="-- BUNDLE_OVERRIDES",
-                        help="after --: overrides for every trial's training, e.g. -- --spatial_size [96,112,96]")
-    parser.set_defaults(func=lambda args: _cmd_tune(parser, args))
-    return parser

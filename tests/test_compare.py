@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from pathlib import Path
@@ -12,8 +11,8 @@ import pytest
 from sklearn import metrics as skm
 
 from alz_monai import stats
+from alz_monai.cli import build_parser
 from alz_monai.compare import (
-    add_compare_parser,
     align_predictions,
     compare_runs,
     find_predictions,
@@ -174,8 +173,7 @@ def test_cli_writes_json_and_prints_table(tmp_path: Path, capsys: pytest.Capture
     labels, probs_a, probs_b = fabricate(2, 12, seed=5)
     write_csv(tmp_path / "a" / "evaluation" / "val" / "val_predictions.csv", labels, probs_a, CLASS_NAMES[2])
     write_csv(tmp_path / "b" / "reports" / "val_predictions.csv", labels, probs_b, CLASS_NAMES[2])
-    parser = argparse.ArgumentParser(prog="alz-monai")
-    add_compare_parser(parser.add_subparsers(dest="command", required=True))
+    parser = build_parser()
     output = tmp_path / "cmp.json"
     args = parser.parse_args(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--split", "val",
                               "--output", str(output), "--bootstrap-resamples", "20"])
@@ -190,8 +188,7 @@ def test_cli_writes_beside_run_a_and_never_overwrites(tmp_path: Path, capsys: py
     labels, probs_a, probs_b = fabricate(2, 12, seed=6)
     write_csv(tmp_path / "a" / "reports" / "val_predictions.csv", labels, probs_a, CLASS_NAMES[2])
     write_csv(tmp_path / "b" / "reports" / "val_predictions.csv", labels, probs_b, CLASS_NAMES[2])
-    parser = argparse.ArgumentParser(prog="alz-monai")
-    add_compare_parser(parser.add_subparsers(dest="command", required=True))
+    parser = build_parser()
     command = ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--split", "val", "--bootstrap-resamples", "20"]
     args = parser.parse_args(command)
     assert args.func(args) == 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -10,10 +9,10 @@ import numpy as np
 import pytest
 
 from alz_monai import crossval
+from alz_monai.cli import build_parser
 from alz_monai.compare import Predictions, load_predictions, write_predictions
 from alz_monai.crossval import (
     FoldFailedError,
-    add_cv_parser,
     aggregate_cross_validation,
     check_fold_participants,
     fold_dir,
@@ -174,7 +173,7 @@ def test_unfinished_fold_resumes_and_a_failure_is_reported(tmp_path: Path, monke
     (command, cwd, had_split), = commands  # fold 1 is finished and not run again
     assert cwd == BUNDLE_DIR
     assert command[command.index("--fold") + 1] == "0" and command[command.index("--num_folds") + 1] == "2"
-    assert command[command.index("--resume") + 1] == "True" and command[-2:] == ["--num_epochs", "1"]
+    assert command[command.index("--resume") + 1] == "true" and command[-2:] == ["--num_epochs", "1"]
     assert command[command.index("--output_dir") + 1] == str(unfinished)
     assert had_split  # the shared split table was in place before the fold started
 
@@ -198,8 +197,7 @@ def test_real_two_fold_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     data_dir = tmp_path / "data"
     generate_synthetic_dataset(data_dir, subjects=10, sessions=2, spacing=6.0, progress=False)
     output_dir = tmp_path / "cv"
-    parser = argparse.ArgumentParser(prog="alz-monai")
-    add_cv_parser(parser.add_subparsers(dest="command", required=True))
+    parser = build_parser()
     args = parser.parse_args([
         "cv", str(BUNDLE_DIR), "--num_folds", "2", "--output-dir", str(output_dir), "--bootstrap-resamples", "20",
         "--", "--dataset_dir", str(data_dir), "--num_epochs", "1", "--spatial_size", "[32,32,32]",

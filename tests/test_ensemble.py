@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from pathlib import Path
@@ -12,8 +11,9 @@ import pytest
 from scipy import special
 
 from alz_monai import calibration, stats
+from alz_monai.cli import build_parser
 from alz_monai.compare import compare_runs
-from alz_monai.ensemble import add_ensemble_parser, ensemble_runs, format_ensemble_table, participant_predictions
+from alz_monai.ensemble import ensemble_runs, format_ensemble_table, participant_predictions
 from alz_monai.errors import DataError
 from alz_monai.metrics import classification_report
 from alz_monai.predictions import Predictions, load_predictions, write_predictions
@@ -143,8 +143,7 @@ def test_calibrate_fits_the_ensemble_on_validation_and_keeps_predictions(tmp_pat
 
 def test_cli_compares_with_a_single_run(tmp_path, capsys):
     runs = [write_run(tmp_path / "a", seed=2), write_run(tmp_path / "b", seed=3)]
-    parser = argparse.ArgumentParser()
-    add_ensemble_parser(parser.add_subparsers())
+    parser = build_parser()
     args = parser.parse_args(["ensemble", *map(str, runs), "--output-dir", str(tmp_path / "out"), "--compare-with",
                               str(runs[0]), "--bootstrap-resamples", "50"])
     assert args.func(args) == 0

@@ -3,7 +3,6 @@ one."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pytest
@@ -13,12 +12,12 @@ onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed (pip 
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (pip install 'alz-monai[onnx]')")
 pytest.importorskip("onnxscript", reason="the onnx extra is not installed (pip install 'alz-monai[onnx]')")
 
+from alz_monai.cli import build_parser  # noqa: E402
 from alz_monai.errors import ConfigError  # noqa: E402
 from alz_monai.export import (  # noqa: E402
     DEFAULT_ATOL,
     INPUT_NAME,
     OnnxMismatchError,
-    add_export_parser,
     example_inputs,
     export_onnx,
     load_trained_network,
@@ -31,8 +30,7 @@ TINY_MOSA = {"backbone": "resnet10", "embed_dim": 32, "num_heads": 4, "depth": 1
 
 
 def _cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="alz-monai")
-    add_export_parser(parser.add_subparsers(dest="command", required=True))
+    parser = build_parser()
     args = parser.parse_args(["export-onnx", *map(str, argv)])
     return args.func(args)
 

@@ -3,7 +3,6 @@ in headless Chromium (skipped, with the reason, where Chromium is not installed)
 
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import json
@@ -21,11 +20,11 @@ from conftest import BundleRun
 from PIL import Image
 
 from alz_monai import layout
+from alz_monai.cli import build_parser
 from alz_monai.compare import compare_runs
 from alz_monai.html_report import (
     REPORT_NAME,
     TIMELINE_NAME,
-    add_report_parser,
     load_run,
     render_report,
     write_comparison_report,
@@ -214,8 +213,7 @@ def test_cross_validation_report_shows_the_folds_beside_the_ensemble_and_differe
 
 def test_report_command_writes_one_page_or_refuses_several_without_output(recorded_run: Path, tmp_path: Path,
                                                                           capsys: pytest.CaptureFixture) -> None:
-    parser = argparse.ArgumentParser(prog="alz-monai")
-    add_report_parser(parser.add_subparsers(dest="command"))
+    parser = build_parser()
     target = tmp_path / "page.html"
     args = parser.parse_args(["report", str(recorded_run), "--output", str(target), "--band-resamples", "10"])
     assert args.func(args) == 0

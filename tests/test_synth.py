@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pandas as pd
 import pytest
 from scipy.stats import norm
 
+from alz_monai.cli import _site_from_arguments, build_parser
 from alz_monai.data import synth
 
 TINY = {"subjects": 8, "sessions": 2, "spacing": 6.0, "effect": 3.0, "progress": False}
@@ -357,18 +357,17 @@ def test_site_parameters_are_checked(tmp_path):
 
 
 def test_every_site_parameter_has_a_command_line_option():
-    parser = argparse.ArgumentParser()
-    synth.add_site_arguments(parser)
+    parser = build_parser()
     given = {"voxel_scale": "1,1,2", "slice_axis": "0", "slice_thickness": "1.5", "field_of_view_mm": "200,220,200",
              "field_of_view_shift_mm": "0,-5,10", "contrast": "0.9", "gamma_log_mean": "0.1", "gamma_log_sd": "0.2",
              "bias_log_sd_range": "0.1,0.3", "noise_fraction_range": "0.02,0.03", "signal_scale_range": "100,200",
              "orientations": "RAS,LPS", "float32_fraction": "0.5", "singleton_4d_fraction": "0.2"}
     assert set(given) == set(synth.SITE_PARAMETERS)
-    arguments = ["--site", "siteC", *[token for name, value in given.items()
+    arguments = ["synth", "out", "--site", "siteC", *[token for name, value in given.items()
                                       for token in ("--" + name.replace("_", "-"), value)]]
-    site = synth.site_from_arguments(parser.parse_args(arguments))
+    site = _site_from_arguments(parser.parse_args(arguments))
     assert site.voxel_scale == (1.0, 1.0, 2.0) and site.slice_axis == 0 and site.orientations == ("RAS", "LPS")
     assert site.noise_fraction_range == (0.02, 0.03) and site.name.startswith("siteC+")
-    assert synth.site_from_arguments(parser.parse_args(["--site", "siteA"])) is synth.SITES["siteA"]
+    assert _site_from_arguments(parser.parse_args(["synth", "out", "--site", "siteA"])) is synth.SITES["siteA"]
     with pytest.raises(SystemExit):
-        parser.parse_args(["--voxel-scale", "1,2"])
+        parser.parse_args(["synth", "out", "--voxel-scale", "1,2"])

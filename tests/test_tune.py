@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 import yaml
 
 from alz_monai import crossval, tune
+from alz_monai.cli import build_parser
 from alz_monai.data.splits import kfold_splits, read_split_table, write_split_table
 from alz_monai.errors import ConfigError
 from alz_monai.predictions import Predictions, write_predictions
@@ -144,8 +144,7 @@ def test_real_two_trial_run(tmp_path, capsys):
 
     data_dir = tmp_path / "data"
     generate_synthetic_dataset(data_dir, subjects=10, sessions=1, spacing=6.0, progress=False)
-    parser = argparse.ArgumentParser(prog="alz-monai")
-    tune.add_tune_parser(parser.add_subparsers(dest="command", required=True))
+    parser = build_parser()
     space_file = tmp_path / "space.json"
     space_file.write_text(json.dumps(SPACE))
     args = parser.parse_args([

@@ -30,7 +30,6 @@ a few 4D scans with a singleton last axis) so that the loading pipeline has to c
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import functools
 import gzip
@@ -62,12 +61,10 @@ __all__ = [
     "SITE_PARAMETERS",
     "STORAGE_ORIENTATIONS",
     "SiteEffects",
-    "add_site_arguments",
     "generate_synthetic_dataset",
     "latent_atrophy",
     "plot_examples",
     "site_effects",
-    "site_from_arguments",
     "theoretical_best_accuracy",
 ]
 
@@ -286,49 +283,6 @@ def site_effects(site: str | SiteEffects = "default", **overrides: Any) -> SiteE
     values: dict[str, Any] = {key: tuple(value) if isinstance(value, list) else value
                               for key, value in overrides.items()}
     return replace(site, name="+".join([site.name, *sorted(values)]), **values)
-
-
-def _numbers(count: int) -> Any:
-    def parse(text: str) -> tuple[float, ...]:
-        try:
-            values = tuple(float(value) for value in text.split(","))
-        except ValueError:
-            values = ()
-        if len(values) != count:
-            raise argparse.ArgumentTypeError(f"expected {count} comma-separated numbers, got {text!r}")
-        return values
-    return parse
-
-
-def add_site_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--site NAME`` and one option per :data:`SITE_PARAMETERS` field, which replaces the site's value."""
-    group = parser.add_argument_group("scanner/site effects (a preset, then single values replaced)")
-    group.add_argument("--site", default="default", choices=sorted(SITES),
-                       help="; ".join(f"{name}: {site.description}" for name, site in SITES.items()))
-    options = {
-        "voxel_scale": (_numbers(3), "voxel size along x,y,z as multiples of --spacing, e.g. 1,1,1.5"),
-        "slice_axis": (int, "axis of the slices: 0 (sagittal), 1 (coronal), 2 (axial)"),
-        "slice_thickness": (float, "slice profile width as a multiple of the slice spacing (>= 1)"),
-        "field_of_view_mm": (_numbers(3), "scanned extent along x,y,z in mm"),
-        "field_of_view_shift_mm": (_numbers(3), "shift of the field of view's centre along x,y,z in mm"),
-        "contrast": (float, "tissue contrast against fluid (1: unchanged)"),
-        "gamma_log_mean": (float, "mean log intensity gamma"),
-        "gamma_log_sd": (float, "scan-to-scan SD of the log gamma"),
-        "bias_log_sd_range": (_numbers(2), "bias field strength range LOW,HIGH (SD of its log)"),
-        "noise_fraction_range": (_numbers(2), "Rician noise range LOW,HIGH relative to the signal"),
-        "signal_scale_range": (_numbers(2), "scanner units range LOW,HIGH of the brightest tissue"),
-        "orientations": (lambda text: tuple(text.split(",")), "storage orientations, e.g. RAS,LPS"),
-        "float32_fraction": (float, "fraction of scans stored as float32 (the others int16)"),
-        "singleton_4d_fraction": (float, "fraction of scans stored as 4D with one volume"),
-    }
-    for name, (kind, text) in options.items():
-        group.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=text)
-
-
-def site_from_arguments(args: argparse.Namespace) -> SiteEffects:
-    """The site that the options of :func:`add_site_arguments` describe."""
-    return site_effects(args.site, **{name: getattr(args, name) for name in SITE_PARAMETERS
-                                      if getattr(args, name) is not None})
 
 
 def latent_atrophy(
