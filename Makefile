@@ -22,7 +22,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/alz-monai demo --output-dir $(DEMO_DIR) $(DEMO_ARGS)
 
+# lint and type check first: both take seconds, the suite minutes
 test: $(STAMP)
+	$(BIN)/ruff check alz_monai tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean-demo:
