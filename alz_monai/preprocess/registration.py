@@ -30,7 +30,8 @@ SAMPLING_FRACTION = 0.2
 HISTOGRAM_BINS = 32
 ITERATIONS = 200
 SEED = 0
-"""Random sampling of the metric is seeded: the same scan gives the same transform."""
+"""SimpleITK's "seed from the clock": the metric's samples are drawn afresh per run, so two runs differ slightly. Every
+fixed seed tried (1, 7, 42) made the fits of most synthetic raw heads fail, the clock seed did not."""
 SHIFT_SEARCH_STEPS = (0, 0, 0, 3, 3, 3)
 ROTATION_SEARCH_STEPS = (2, 2, 2, 0, 0, 0)
 FINE_SHIFT_SEARCH_STEPS = (0, 0, 0, 1, 1, 1)
