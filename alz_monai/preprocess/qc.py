@@ -3,8 +3,8 @@
 The score is the normalised cross-correlation (Pearson) between the scan and the template inside the template's
 brain mask, after registration. Good affine fits of the synthetic raw heads score 0.88-0.92 when the brain is the
 template itself and 0.66-0.82 (median 0.77) for the cohort's brains at 4 mm (their own anatomy, atrophy and
-noise; 39 of 40 scans, the 40th a failed fit at 0.52); the same scans moved
-by 5 mm score about 0.55, by 10 mm about 0.35, because grey matter, white matter and CSF then no longer overlap.
+noise; 39 of 40 scans, the 40th a failed fit at 0.52); the same scans moved by 5 mm score about 0.55, by 10 mm
+about 0.35, because grey matter, white matter and CSF then no longer overlap.
 ``QC_THRESHOLD`` (0.6) sits between the two: scans below it are flagged for a person to look at. Real scans differ
 more from the template than synthetic ones; look at the overview's lowest scores before trusting the default.
 """
