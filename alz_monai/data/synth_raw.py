@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from alz_monai.data.synth import STORAGE_ORIENTATIONS, generate_synthetic_dataset
 from alz_monai.fileio import atomic_open, atomic_write_json, atomic_write_text
+from alz_monai.preprocess.images import load_scan
 
 __all__ = ["ROTATION_MAX_DEG", "SHIFT_MAX_MM", "RawHead", "generate_raw_dataset", "raw_head", "template_brain"]
 
@@ -85,9 +86,9 @@ class RawHead:
     image: nib.Nifti1Image
     scanner_from_brain: np.ndarray
     """4x4 RAS matrix taking a point of the input brain's world to the raw scan's world."""
-    rotation_deg: tuple[float, float, float]
-    shift_mm: tuple[float, float, float]
-    voxel_size_mm: tuple[float, float, float]
+    rotation_deg: tuple[float, ...]
+    shift_mm: tuple[float, ...]
+    voxel_size_mm: tuple[float, ...]
     axcodes: str
 
 
@@ -215,8 +216,8 @@ def _pose_path(image: str) -> Path:
 
 def _write_raw_scan(job: _RawJob) -> None:
     rng = np.random.default_rng([job.seed, int(RAW_GENERATOR_VERSION), job.index])
-    brain = _canonical(nib.load(job.brains / job.image))
-    atrophy = _canonical(nib.load(job.brains / job.atrophy_map))
+    brain = load_scan(job.brains / job.image)
+    atrophy = load_scan(job.brains / job.atrophy_map)
     head, (moved_atrophy,) = raw_head(brain, rng, job.spacing, extra=[atrophy])
     _write_nifti(job.out / job.image, head.image)
     _write_nifti(job.out / job.atrophy_map, moved_atrophy)
@@ -227,13 +228,7 @@ def _write_raw_scan(job: _RawJob) -> None:
     })
 
 
-def _canonical(image: nib.Nifti1Image) -> nib.Nifti1Image:
-    """3D float32 image (a singleton fourth axis dropped), as stored otherwise."""
-    data = np.asarray(image.dataobj, dtype=np.float32)
-    return nib.Nifti1Image(data.reshape(data.shape[:3]), image.affine)
-
-
-def _head_grid(spacing: float) -> tuple[np.ndarray, tuple[int, int, int]]:
+def _head_grid(spacing: float) -> tuple[np.ndarray, tuple[int, ...]]:
     first = np.array([low for low, _ in HEAD_BOX_MM])
     last = np.array([high for _, high in HEAD_BOX_MM])
     shape = tuple(int(n) for n in np.ceil((last - first) / spacing).astype(int) + 1)
@@ -243,7 +238,7 @@ def _head_grid(spacing: float) -> tuple[np.ndarray, tuple[int, int, int]]:
 
 
 def _sample(volume: np.ndarray, volume_affine: np.ndarray, volume_from_grid_world: np.ndarray,
-            shape: Sequence[int]) -> np.ndarray:
+            shape: Sequence[int] | np.ndarray) -> np.ndarray:
     """``volume`` seen at the voxels of a grid whose voxel-to-``volume``-world matrix is ``volume_from_grid_world``."""
     index_from_grid = np.linalg.inv(volume_affine) @ volume_from_grid_world
     return ndimage.affine_transform(volume, index_from_grid, output_shape=tuple(shape), order=1, mode="constant",

@@ -33,6 +33,8 @@ def sitk() -> ModuleType:
 def load_scan(path: str | Path) -> nib.Nifti1Image:
     """A 3D float32 image from a NIfTI file; a singleton fourth axis is dropped, anything else 4D refused."""
     image = nib.load(path)
+    if not isinstance(image, nib.spatialimages.SpatialImage):
+        raise DataError([f"{path}: not an image with a voxel grid; give a NIfTI T1 volume"], source=str(path))
     shape = image.shape
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]

@@ -15,7 +15,7 @@ import html
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -119,7 +119,7 @@ def write_overview(table: pd.DataFrame, out_dir: Path, threshold: float) -> tupl
     return html_path, save_figure(figure, out_dir / "qc_overview.png")
 
 
-def _html_row(row: object) -> str:
+def _html_row(row: Any) -> str:
     css = "" if row.qc_pass else " class='flag'"
     scan = html.escape(" ".join(filter(None, (str(row.participant_id), str(row.session_id)))))
     return (f"<tr{css}><td>{scan}<br><small>{html.escape(str(row.source))}</small></td>"

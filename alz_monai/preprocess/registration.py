@@ -53,7 +53,7 @@ def register_to_template(moving: SimpleITK.Image, template: SimpleITK.Image, mas
     fixed_mask = itk.BinaryDilate(mask, margin)
     levels = _levels(template, moving)
     fits = [_fit(template, moving, fixed_mask, start, levels) for start in _rigid_starts(template, moving, fixed_mask)]
-    rigid, _ = min(fits, key=lambda fit: fit[1])
+    rigid = itk.Euler3DTransform(min(fits, key=lambda fit: fit[1])[0])
     if kind == "rigid":
         return rigid
     affine = itk.AffineTransform(3)

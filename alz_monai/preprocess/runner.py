@@ -78,11 +78,12 @@ class _Job:
 
 
 def preprocess_dataset(source: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
-                       settings: PreprocessSettings = PreprocessSettings(),
+                       settings: PreprocessSettings | None = None,
                        classes: Sequence[str] = DEFAULT_CLASSES, workers: int = 1,
                        qc_threshold: float = QC_THRESHOLD, exclude_flagged: bool = False,
                        progress: bool = True) -> PreprocessSummary:
     """Preprocess every scan of ``source`` (any data source of :func:`load_records`) into ``out_dir``."""
+    settings = settings or PreprocessSettings()
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
     records = load_records(source, classes=classes)
@@ -143,7 +144,9 @@ def _claim_output(out: Path, settings: PreprocessSettings, source: str | os.Path
 def _jobs(records: list[dict[str, Any]], out: Path, settings: PreprocessSettings, workers: int) -> list[_Job]:
     """One job per record, with its output folder and file stem; two scans sharing outputs are refused."""
     threads = max(1, (os.cpu_count() or 1) // workers)
-    jobs, owners, problems = [], {}, []
+    jobs: list[_Job] = []
+    owners: dict[tuple[Path, str], str] = {}
+    problems: list[str] = []
     for record in records:
         participant = _UNSAFE.sub("_", record["participant_id"])
         session = _UNSAFE.sub("_", record["session_id"])
