@@ -11,7 +11,6 @@ import dataclasses
 import io
 import logging
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from alz_monai import metrics, stats
+from alz_monai.fileio import atomic_open
 from alz_monai.metrics import Curve, ReliabilityCurve
 
 __all__ = [
@@ -420,15 +420,8 @@ def plot_saliency_slices(
 def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
     """Write ``fig`` to ``path`` (format from the suffix) atomically, so readers never see a half-written file."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=target.suffix)
-    os.close(handle)
-    try:
-        fig.savefig(temporary, dpi=150)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_open(target, "wb") as handle:  # readable by colleagues (0644), as every file the project writes
+        fig.savefig(handle, format=target.suffix.lstrip(".") or "png", dpi=150)
     return target
 
 

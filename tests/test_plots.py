@@ -247,3 +247,20 @@ def test_figure_to_image_returns_rgb_uint8() -> None:
     image = figure_to_image(figure)
     assert image.shape == (100, 150, 3) and image.dtype == np.uint8
     assert np.any((image[..., 0] > 200) & (image[..., 1] < 80))  # the red line is there
+
+
+def test_saved_figures_are_readable_by_colleagues(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from matplotlib.figure import Figure
+
+    from alz_monai.plots import save_figure
+
+    figure = Figure()
+    figure.add_subplot().plot([0, 1], [1, 0])
+    for name in ("curve.png", "curve.svg"):
+        path = save_figure(figure, tmp_path / name)
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+        assert path.stat().st_size > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curve.png", "curve.svg"]  # no temporary file left

@@ -16,7 +16,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from alz_monai.data.records import CONTENT_KEY, SPLIT_NAMES, canonical_split
 from alz_monai.errors import DataError, LeakageError
+from alz_monai.fileio import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -177,15 +177,10 @@ def write_split_table(records: Sequence[Record], path: str | os.PathLike[str]) -
     unsplit = [record["image"] for record in records if not record["split"]]
     if unsplit:
         raise ValueError(f"{len(unsplit)} record(s) have no split (e.g. {unsplit[0]}); assign splits first")
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        "w", dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False, newline="", encoding="utf-8"
-    ) as handle:
+    with atomic_open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
         writer.writerow(SPLIT_TABLE_COLUMNS)
         writer.writerows([record[column] for column in SPLIT_TABLE_COLUMNS] for record in records)
-    os.replace(handle.name, target)
 
 
 def read_split_table(path: str | os.PathLike[str]) -> list[dict[str, str]]:
