@@ -20,7 +20,8 @@ heartbeat is older than ten minutes.
 
 The best trial's knobs are written to ``OUT/best_config.yaml``; train the final model with them by adding the file
 to the bundle's configuration: ``python -m monai.bundle run training --config_file
-configs/train.yaml,OUT/best_config.yaml``. ``OUT/tune_summary.json`` lists every trial.
+"['configs/train.yaml','OUT/best_config.yaml']"`` (MONAI takes several files as a list). ``OUT/tune_summary.json``
+lists every trial.
 """
 
 from __future__ import annotations
@@ -310,7 +311,7 @@ def _write_results(study: optuna.Study, output_dir: Path, metric: str, direction
         header = (f"# alz-monai tune: best of {len(records)} trials, mean validation {metric} {best.value:.4f} "
                   f"(trial {best.number}, {best.user_attrs.get('folder')}).\n"
                   f"# Train with it: python -m monai.bundle run training --config_file "
-                  f"configs/train.yaml,{output_dir / BEST_CONFIG_NAME}\n")
+                  f"\"['configs/train.yaml','{output_dir / BEST_CONFIG_NAME}']\"\n")
         atomic_write_text(output_dir / BEST_CONFIG_NAME, header + yaml.safe_dump(best.params, sort_keys=False))
         logger.info("best trial %d: validation %s %.4f with %s", best.number, metric, best.value, best.params)
     else:

@@ -1,4 +1,5 @@
-"""Data: discovery from three sources, leakage-free splits, validation, transforms and cached datasets."""
+"""Data: discovery from four sources (folders, tables, MONAI datalists, BIDS), leakage-free splits, validation,
+transforms and cached datasets."""
 
 from alz_monai.data.augment import BatchAugmentation, DeviceBatch
 from alz_monai.data.dataset import (

@@ -1,4 +1,4 @@
-"""Discover scans and their labels from a folder layout, a CSV/TSV table or a MONAI datalist JSON.
+"""Discover scans and their labels from a folder layout, a CSV/TSV table, a MONAI datalist JSON or a BIDS root.
 
 Every source becomes the same list of records (plain dicts, MONAI datalist style) so the rest of the toolkit
 never needs to know where the data came from. Each record holds ``image`` (absolute path), ``label`` (index into

@@ -134,7 +134,7 @@ def to_device(
     if channels_last:
         for module in network.modules():
             if isinstance(module, nn.Conv3d):
-                module.to(memory_format=torch.channels_last_3d)
+                module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last_3d)
     if space_to_depth is None:
         space_to_depth = torch.device(device).type == "cuda"
     if space_to_depth:

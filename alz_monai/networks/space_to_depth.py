@@ -14,6 +14,8 @@ the CPU oneDNN's direct convolution is as fast or faster (``benchmarks/stem_layo
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -95,7 +97,8 @@ class SpaceToDepthConv3d(nn.Conv3d):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return space_to_depth_conv3d(x, self.weight, self.bias, self.stride[0], self.padding[0], self.fold)
+        padding = cast(tuple[int, int, int], self.padding)  # _geometry_supported refused string paddings
+        return space_to_depth_conv3d(x, self.weight, self.bias, self.stride[0], padding[0], self.fold)
 
 
 def _default_fold(conv: nn.Conv3d) -> tuple[int, int, int]:
@@ -137,6 +140,6 @@ def space_to_depth_stems(network: nn.Module) -> list[str]:
     for name, module in network.named_modules():
         if isinstance(module, nn.Conv3d) and _qualifies(module):
             module.__class__ = SpaceToDepthConv3d
-            module.fold = _default_fold(module)
+            cast(SpaceToDepthConv3d, module).fold = _default_fold(module)
             converted.append(name)
     return converted
