@@ -97,8 +97,8 @@ class SpaceToDepthConv3d(nn.Conv3d):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        padding = cast(tuple[int, int, int], self.padding)  # _geometry_supported refused string paddings
-        return space_to_depth_conv3d(x, self.weight, self.bias, self.stride[0], padding[0], self.fold)
+        # int(): _geometry_supported refused string paddings (a plain cast would not script)
+        return space_to_depth_conv3d(x, self.weight, self.bias, self.stride[0], int(self.padding[0]), self.fold)
 
 
 def _default_fold(conv: nn.Conv3d) -> tuple[int, int, int]:
