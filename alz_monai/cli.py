@@ -16,7 +16,8 @@ from alz_monai import compare, crossval, ensemble, export, html_report, tune
 from alz_monai.data.synth import SITE_PARAMETERS, SITES, SiteEffects, site_effects
 from alz_monai.errors import AlzMonaiError, ConfigError
 from alz_monai.networks import NETWORK_NAMES
-from alz_monai.preprocess.cli import add_preprocess_parser
+from alz_monai.preprocess.qc import QC_THRESHOLD
+from alz_monai.preprocess.registration import TRANSFORM_KINDS
 
 __all__ = ["main", "build_parser"]
 
@@ -187,6 +188,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
                  "saliency_methods": json.dumps(args.methods)}
     if args.target:
         overrides["saliency_target"] = args.target
+    if args.overwrite:
+        overrides["overwrite"] = "true"
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
@@ -396,6 +399,50 @@ def _add_export_parser(subparsers: Any) -> None:
     parser.set_defaults(func=_cmd_export)
 
 
+def _cmd_preprocess(args: argparse.Namespace) -> int:
+    from alz_monai.preprocess.pipeline import PreprocessSettings
+    from alz_monai.preprocess.runner import preprocess_dataset
+
+    settings = PreprocessSettings(resolution=args.resolution, transform=args.transform,
+                                  bias_correction=not args.no_bias_correction)
+    summary = preprocess_dataset(args.source, args.output, settings=settings, classes=args.classes,
+                                 workers=args.workers, qc_threshold=args.qc_threshold,
+                                 exclude_flagged=args.exclude_flagged)
+    print(f"{summary.processed} scans preprocessed, {summary.resumed} already done, {len(summary.failures)} failed; "
+          f"{summary.flagged} below the QC threshold {args.qc_threshold:g}"
+          + (f", {summary.excluded} of them left out of the table" if args.exclude_flagged else ""))
+    for table in (summary.scans_table, summary.qc_table, summary.overview):
+        if table is not None:
+            print(f"  {table}")
+    if summary.failures:
+        print(f"{len(summary.failures)} scan(s) failed (run again to retry them):")
+        for failure in summary.failures:
+            print(f"  - {failure}")
+        return 1
+    return 0
+
+
+def _add_preprocess_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "preprocess", help="raw T1 scans to MNI-aligned, cropped, skull-stripped volumes with QC (t1-linear style)",
+        description="N4 bias correction, registration to nilearn's MNI152 2009 template, crop to the t1-linear MNI "
+                    "box, template brain mask, QC. OUT/scans.tsv is what the bundles read (--dataset_dir OUT). "
+                    "Rerunning resumes: finished scans are kept, failed ones retried.")
+    parser.add_argument("source", help="BIDS root, folder, CSV/TSV table or MONAI datalist JSON")
+    parser.add_argument("output", help="output folder: new, empty, or an earlier output with the same settings")
+    parser.add_argument("--classes", type=_classes, default=("CN", "AD"))
+    parser.add_argument("--resolution", type=float, default=1.0, help="output voxel size in mm (1 = ClinicaDL)")
+    parser.add_argument("--transform", choices=TRANSFORM_KINDS, default="affine",
+                        help="affine (12 parameters, like t1-linear) or rigid (keeps head size)")
+    parser.add_argument("--no-bias-correction", action="store_true", help="skip N4")
+    parser.add_argument("--workers", type=int, default=1, help="scans processed at once")
+    parser.add_argument("--qc-threshold", type=float, default=QC_THRESHOLD,
+                        help=f"lowest registration score that passes QC (default {QC_THRESHOLD})")
+    parser.add_argument("--exclude-flagged", action="store_true",
+                        help="leave scans below the QC threshold out of OUT/scans.tsv (they stay in qc.tsv)")
+    parser.set_defaults(func=_cmd_preprocess)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alz-monai", description=__doc__)
     parser.add_argument("--version", action="version", version=f"alz-monai {alz_monai.__version__}")
@@ -449,6 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="bundle of the run (default: the one its run_config.yaml names)")
     explain.add_argument("--methods", nargs="+", default=["gradcam", "occlusion"], choices=("gradcam", "occlusion"))
     explain.add_argument("--target", default=None, help="class to explain, e.g. AD (default: the predicted class)")
+    explain.add_argument("--overwrite", action="store_true", help="replace maps an earlier run wrote")
     explain.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                          help="bundle overrides, e.g. occlusion_mask_size=24 (the run's own knobs come from its "
                               "run_config.yaml)")
@@ -460,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tune_parser(sub)
     _add_report_parser(sub)
     _add_export_parser(sub)
-    add_preprocess_parser(sub)
+    _add_preprocess_parser(sub)
     return parser
 
 
