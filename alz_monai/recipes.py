@@ -61,14 +61,25 @@ def bundle_command(bundle: str, run_id: str, overlays: Sequence[str] = (),
     return command
 
 
-def run_bundle(bundle: str, run_id: str, overlays: Sequence[str] = (), overrides: Mapping[str, str] = {}) -> None:
-    """Run a bundle workflow in its folder, as a user would; a failure raises with the command to repeat it."""
+def run_bundle(bundle: str, run_id: str, overlays: Sequence[str] = (), overrides: Mapping[str, str] = {},
+               log_path: Path | None = None) -> None:
+    """Run a bundle workflow in its folder, as a user would; a failure raises with the command to repeat it.
+
+    With ``log_path`` the run's output goes to that file instead of the terminal (the end of it is shown on failure).
+    """
     command = bundle_command(bundle, run_id, overlays, overrides)
     cwd = BUNDLES_DIR / bundle
     if not cwd.is_dir():
         raise FileNotFoundError(f"{cwd} not found: the bundles run from a source checkout (pip install -e .)")
     logger.info("(cd %s && %s)", cwd, shlex.join(command))
-    result = subprocess.run(command, cwd=cwd, check=False)
+    if log_path is None:
+        result = subprocess.run(command, cwd=cwd, check=False)
+    else:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "w", encoding="utf-8") as log:
+            result = subprocess.run(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, check=False)
     if result.returncode != 0:
-        raise RuntimeError(f"the {bundle} {run_id} run failed (exit {result.returncode}); its log is above. "
+        shown = "its log is above" if log_path is None else (
+            f"its log is {log_path}, ending:\n" + "\n".join(log_path.read_text(encoding="utf-8").splitlines()[-15:]))
+        raise RuntimeError(f"the {bundle} {run_id} run failed (exit {result.returncode}); {shown}\n"
                            f"Command: (cd {cwd} && {shlex.join(command)})")
