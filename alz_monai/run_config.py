@@ -44,6 +44,7 @@ from typing import Any
 import torch
 import yaml
 from monai.bundle import ConfigParser
+from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
 
 from alz_monai import layout
 from alz_monai.errors import ConfigError, install_concise_errors
@@ -79,6 +80,7 @@ class WorkflowContext:
     parser: ConfigParser
     config_files: tuple[str, ...] | None
     overrides: dict[str, Any] | None
+    tracking: Any = None
 
 
 def workflow_context() -> WorkflowContext:
@@ -86,6 +88,7 @@ def workflow_context() -> WorkflowContext:
     parser: ConfigParser | None = None
     config_files: tuple[str, ...] | None = None
     overrides: dict[str, Any] | None = None
+    tracking: Any = None
     frame = inspect.currentframe()
     while frame is not None:
         local = frame.f_locals
@@ -96,10 +99,22 @@ def workflow_context() -> WorkflowContext:
             if files is not None:
                 config_files = tuple(str(f) for f in ([files] if isinstance(files, (str, os.PathLike)) else files))
             overrides = {key: value for key, value in local["_args"].items() if key not in _WORKFLOW_ARGUMENTS}
+            tracking = local["_args"].get("tracking")
         frame = frame.f_back
     if parser is None:
         raise RuntimeError("prepare_workflow runs as a bundle's initialize step (python -m monai.bundle run ...)")
-    return WorkflowContext(parser, config_files, overrides)
+    return WorkflowContext(parser, config_files, overrides, tracking)
+
+
+def _tracking_keys(tracking: Any) -> set[str]:
+    """The top-level keys that ``--tracking`` (MONAI's ``patch_bundle_tracking``) adds to the config, such as
+    ``tracking_uri`` and ``experiment_name``: the command's own settings, never knobs of the run."""
+    if tracking is None:
+        return set()
+    if isinstance(tracking, str) and tracking in DEFAULT_EXP_MGMT_SETTINGS:
+        tracking = DEFAULT_EXP_MGMT_SETTINGS[tracking]
+    settings = dict(tracking) if isinstance(tracking, Mapping) else ConfigParser.load_config_files(tracking)
+    return set(settings.get("configs", {})) - set(settings.get("handlers_id", {}))
 
 
 def _is_plain(value: Any) -> bool:
@@ -168,9 +183,9 @@ def _absolute_paths(knobs: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _knobs(config: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in config.items()
-            if not key.startswith("_") and key not in _STEERING_KEYS and key != "imports" and _is_plain(value)}
+def _knobs(config: Mapping[str, Any], exclude: set[str]) -> dict[str, Any]:
+    return {key: value for key, value in config.items() if not key.startswith("_") and key not in _STEERING_KEYS
+            and key != "imports" and key not in exclude and _is_plain(value)}
 
 
 def _file_sha256(path: Path) -> str:
@@ -329,8 +344,9 @@ def _plan(context: WorkflowContext, mode: str) -> _Plan:
     parser, overrides = context.parser, context.overrides
     config = parser.get()
     base = ConfigParser.load_config_files(list(context.config_files)) if context.config_files else config
+    tracking_keys = _tracking_keys(context.tracking) - set(base)
     if overrides is not None:
-        _check_override_keys(base, overrides)
+        _check_override_keys({**dict.fromkeys(tracking_keys), **base}, overrides)
     updates: dict[str, Any] = dict(_changed_booleans(base, config))
     current = {**config, **updates}
 
@@ -378,8 +394,8 @@ def _plan(context: WorkflowContext, mode: str) -> _Plan:
         "command": _command_line(),
         "config_files": [os.path.abspath(f) for f in context.config_files or ()],
         "overrides": {key: value for key, value in (overrides or {}).items() if _is_plain(value)},
-        "knobs": {**(recorded or {}).get("knobs", {}), **_absolute_paths(_knobs(current))} if resume
-        else _absolute_paths(_knobs(current)),
+        "knobs": {**(recorded or {}).get("knobs", {}), **_absolute_paths(_knobs(current, tracking_keys))} if resume
+        else _absolute_paths(_knobs(current, tracking_keys)),
         "components": {key: current[key] for key in components if key in current},
         "versions": _versions(),
         "git_commit": _git_commit(),
@@ -410,8 +426,9 @@ def _check_training_knobs(current: Mapping[str, Any]) -> None:
 
 def _resume_updates(output_dir: Path, current: Mapping[str, Any], recorded: Mapping[str, Any] | None) -> dict[str, Any]:
     start = _resume_point(output_dir, str(current.get("resume_from", layout.LATEST_CHECKPOINT_NAME)))
-    if start is None:
-        return {}
+    if start is None:  # the earlier run stopped before its first checkpoint: nothing to load, it starts anew
+        logger.warning("%s holds no checkpoint yet: the run restarts from its first epoch", output_dir)
+        return {"resume": False}
     num_epochs = int(current["num_epochs"])
     trained_for = int((recorded or {}).get("knobs", {}).get("num_epochs", num_epochs))
     if num_epochs < start:

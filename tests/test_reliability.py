@@ -21,9 +21,9 @@ import torch
 from conftest import STAGE1, TINY_TRAINING, BundleRun
 from test_bundles import (
     assert_same_curves,
+    assert_same_summary,
     iterations_per_epoch,
     load_checkpoint,
-    load_json,
     written_steps,
 )
 
@@ -94,7 +94,7 @@ training:
 HOLD_OVERLAY = """
 +imports:
   - $import time
-+initialize:
++setup:
   - "$[time.sleep(0.1) for _ in iter(lambda: os.path.exists({release!r}), True)]"
 """
 LOCK_TIMEOUT_S = 300
@@ -129,7 +129,7 @@ def assert_ends_like(run: BundleRun, reference: BundleRun) -> None:
     for name, weights in final["network"].items():
         torch.testing.assert_close(weights, expected["network"][name], rtol=0, atol=1e-6, msg=name)
     assert_same_curves(run.output_dir, reference.output_dir)
-    assert load_json(run.output_dir / "summary_all.json") == load_json(reference.output_dir / "summary_all.json")
+    assert_same_summary(run.output_dir, reference.output_dir)
 
 
 @pytest.fixture(scope="module")

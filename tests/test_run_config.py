@@ -249,3 +249,17 @@ def test_stage2_network_builds_without_the_stage1_model(stage2_run: BundleRun, b
                           "--_meta_#network_data_format#inputs#image#spatial_shape",
                           str(stage2_run.knobs["spatial_size"]))
     assert "data shape of network is verified with no error" in verified.stdout
+
+
+@pytest.mark.slow
+def test_a_run_that_died_before_its_first_checkpoint_is_restarted(stage1_run: BundleRun, bundle_cli: BundleCLI,
+                                                                  tmp_path: Path) -> None:
+    run = dataclasses.replace(stage1_run, output_dir=tmp_path / "run", num_epochs=1)
+    events = run.output_dir / "tensorboard" / "train" / "events.out.tfevents.cut-short"
+    events.parent.mkdir(parents=True)
+    events.write_text("epoch 1, cut short")
+    restarted = bundle_cli.train(run, "--resume", "true")
+    assert "holds no checkpoint yet: the run restarts from its first epoch" in restarted.stdout
+    assert (run.output_dir / "summary_all.json").is_file()
+    kept = list(run.output_dir.glob("tensorboard.stopped-*/train/events.out.tfevents.cut-short"))
+    assert len(kept) == 1 and kept[0].read_text() == "epoch 1, cut short"

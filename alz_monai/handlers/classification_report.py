@@ -41,7 +41,9 @@ class ClassificationReport:
     checkpointer fires ``RunEvents.BEST_METRIC_IMPROVED``, as ``best_val_*``), ``"always"`` (test and
     evaluation runs), or ``"never"``. ``model_path`` names the model evaluated in every report (JSON ``model``,
     CSV columns, TensorBoard text): with ``"on_best"`` the model of the current trainer epoch, otherwise the
-    checkpoint file with the training epoch it holds.
+    checkpoint file with the training epoch it holds. ``prefix_metrics`` names the scalars in ``state.metrics``
+    ``<prefix>/<name>`` as in TensorBoard: the test report's, so that trackers logging ``state.metrics`` (MONAI's
+    MLFlowHandler) keep them apart from the validation curves, whose names stay bare (``key_metric``).
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class ClassificationReport:
         seed: int = 0,
         model_path: str | Path | None = None,
         model_name: str | None = None,
+        prefix_metrics: bool = False,
     ) -> None:
         if artifacts not in ("on_best", "always", "never"):
             raise ValueError(f"artifacts must be 'on_best', 'always' or 'never', got {artifacts!r}")
@@ -64,6 +67,7 @@ class ClassificationReport:
         self.output_dir = Path(output_dir)
         self.prefix = prefix
         self.artifacts = artifacts
+        self.prefix_metrics = prefix_metrics
         self.summary_writer = summary_writer
         self.global_step_transform = global_step_transform or (lambda epoch: epoch)
         self.bootstrap_resamples = bootstrap_resamples
@@ -126,7 +130,8 @@ class ClassificationReport:
         self.report = report
         self._predictions = predictions
         scalars = metrics.scalar_metrics(report)
-        engine.state.metrics.update(scalars)
+        engine.state.metrics.update(
+            {f"{self.prefix}/{name}": value for name, value in scalars.items()} if self.prefix_metrics else scalars)
         step = self.global_step_transform(engine.state.epoch)
         logger.info("%s epoch %d: %s", self.prefix, step,
                     ", ".join(f"{name}={scalars[name]:.4f}" for name in TENSORBOARD_SCALARS if name in scalars))

@@ -125,6 +125,9 @@ class EpochLossLogger:
             ``output["loss"]`` (the trainer).
         global_step_transform: step of an engine epoch (default: ``engine.state.epoch``, which MONAI's evaluators
             set to the trainer's epoch).
+        add_to_metrics: also put the mean into ``engine.state.metrics`` under the tag, for handlers that log
+            ``state.metrics`` (MONAI's MLFlowHandler); a TensorBoardStatsHandler on the same writer would then log
+            the tag twice.
     """
 
     def __init__(
@@ -133,11 +136,13 @@ class EpochLossLogger:
         name: str,
         loss_function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         global_step_transform: Callable[[int], int] | None = None,
+        add_to_metrics: bool = False,
     ) -> None:
         self.summary_writer = summary_writer
         self.name = name
         self.loss_function = loss_function
         self.global_step_transform = global_step_transform or (lambda epoch: epoch)
+        self.add_to_metrics = add_to_metrics
         self.last_value: float | None = None
         self._reset()
 
@@ -175,6 +180,8 @@ class EpochLossLogger:
         if total[1] <= 0:
             return
         self.last_value = float(total[0] / total[1])
+        if self.add_to_metrics:
+            engine.state.metrics[self.tag] = self.last_value
         if self.summary_writer is not None:
             self.summary_writer.add_scalar(self.tag, self.last_value, self.global_step_transform(engine.state.epoch))
 
