@@ -57,10 +57,10 @@ def run_demo(output_dir: Path, fast: bool = False) -> int:
              (STAGE2, "evaluating", ("evaluate",), {"output_dir": str(stage2_dir)})]
     for number, (bundle, workflow, overlays, overrides) in enumerate(steps, start=1):
         log_path = run_dir / f"{bundle}_{workflow}.log"
-        print(f"[{number}/{len(steps)}] {bundle} {workflow} (log: {log_path}) ... ", end="", flush=True)
+        print(f"[{number}/{len(steps)}] {bundle} {workflow}, log in {log_path}", flush=True)
         step_started = time.monotonic()
         run_bundle(bundle, workflow, overlays, overrides, log_path=log_path)
-        print(f"{time.monotonic() - step_started:.0f} s", flush=True)
+        print(f"[{number}/{len(steps)}] done in {time.monotonic() - step_started:.0f} s", flush=True)
 
     columns = {name: load_json(folder / EVALUATION_DIRNAME / "test" / "test_metrics.json")
                for name, folder in (("ResNet10 (stage 1)", stage1_dir), ("MosaShared (stage 2)", stage2_dir))}
