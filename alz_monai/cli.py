@@ -468,7 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     split = sub.add_parser("split", help="write a subject-level split table for a dataset")
     split.add_argument("dataset", help="folder, CSV/TSV table or MONAI datalist JSON")
-    split.add_argument("--output", default="splits.tsv")
+    split.add_argument("--output", required=True,
+                       help="the table to write (TSV); train on it with --dataset_dir PATH: its splits are kept")
     split.add_argument("--classes", type=_classes, default=("CN", "AD"))
     split.add_argument("--ratios", type=_ratios, default=(0.7, 0.15, 0.15), help="train,val,test")
     split.add_argument("--seed", type=int, default=0)

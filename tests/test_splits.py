@@ -232,3 +232,19 @@ def test_copies_under_other_participants_are_leakage_whatever_the_split() -> Non
         f"{original['image']}) and {other['participant_id']} ({other['split']}: {other['image']})"]
     assert "Remove each copied scan, or list it under the participant it belongs to" in caught.value.hint
     check_no_leakage([{key: value for key, value in record.items() if key != CONTENT_KEY} for record in records])
+
+
+def test_a_written_split_table_is_a_data_source_that_keeps_its_splits(tmp_path: Path) -> None:
+    from alz_monai.cli import main
+    from alz_monai.data.synth import generate_synthetic_dataset
+
+    data = tmp_path / "data"
+    generate_synthetic_dataset(data, subjects=4, sessions=1, spacing=6.0, seed=0, progress=False)
+    table = tmp_path / "splits.tsv"
+    assert main(["split", str(data), "--output", str(table), "--ratios", "0.5,0.25,0.25"]) == 0
+    written = {row["image"]: row["split"] for row in read_split_table(table)}
+    records = load_records(table)
+    assert {record["image"]: record["split"] for record in records} == written
+    assert {record["label_name"] for record in records} == {"CN", "AD"}
+    with pytest.raises(SystemExit):  # no default output in the current folder
+        main(["split", str(data)])

@@ -50,7 +50,7 @@ TABLE_DELIMITERS = {".csv": ",", ".tsv": "\t"}
 SCANS_TABLE_NAME = "scans.tsv"
 DATALIST_SPLITS = {"training": "train", "validation": "val", "testing": "test"}
 _PATH_COLUMN_SUFFIXES = ("_map", "_path")
-_LABEL_COLUMNS = ("label", "diagnosis")
+_LABEL_COLUMNS = ("label", "diagnosis", "label_name")  # label_name: the split tables alz-monai writes
 
 ACCEPTED_LAYOUTS = (
     "Accepted dataset sources:\n"
