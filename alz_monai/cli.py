@@ -244,6 +244,7 @@ def _cmd_cv(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         print(f"alz-monai cv: {error}", file=sys.stderr)
         return 1
     print(crossval.format_cv_table(summary))
+    print(f"folds beside their ensemble: {html_report.write_cv_report(args.output_dir)}")
     return 0
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from alz_monai import plots
 from alz_monai.compare import align_predictions, evaluate_predictions
 from alz_monai.data.splits import SPLIT_TABLE_NAME, read_split_table, write_split_table
 from alz_monai.errors import LeakageError
@@ -283,7 +284,7 @@ def aggregate_cross_validation(
     output_dir: str | Path, num_folds: int, bootstrap_resamples: int = 1000, seed: int = 0
 ) -> dict[str, Any]:
     """Check and summarise the finished folds of ``output_dir`` into ``cv_summary.json``; also write the ensemble's
-    ``reports/test_predictions.csv`` and ``reports/test_metrics.json``."""
+    ``reports/test_predictions.csv``, ``reports/test_metrics.json`` and its figures (``reports/test_<kind>.png``)."""
     output_dir = Path(output_dir)
     folds = [fold for fold in range(num_folds) if _finished(output_dir, fold)]
     if not folds:
@@ -310,6 +311,12 @@ def aggregate_cross_validation(
     report_dir = output_dir / "reports"
     write_predictions(report_dir / "test_predictions.csv", ensemble)
     atomic_write_json(report_dir / "test_metrics.json", to_jsonable({**report, "confidence_intervals": intervals}))
+    context = plots.FigureContext(split="test", model=f"ensemble of {len(folds)} folds", num_scans=len(ensemble.images),
+                                  num_participants=len(set(ensemble.participants)) if ensemble.groups else None)
+    figures = plots.report_figures(ensemble.labels, ensemble.probs, ensemble.class_names, context,
+                                   groups=ensemble.groups, band_resamples=bootstrap_resamples, seed=seed)
+    for kind, figure in figures.items():
+        plots.save_figure(figure, report_dir / f"test_{kind}.png")
 
     summaries = [artifacts[fold]["summary"] for fold in folds]
     settings_path = output_dir / CV_SETTINGS_NAME

@@ -215,6 +215,10 @@ def test_real_two_fold_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert summary["ensemble"]["metrics"]["num_samples"] == len(ensemble.images) == len(folds[0].images)
     expected = (folds[0].probs + folds[1].reordered(folds[0].images).probs) / 2
     np.testing.assert_allclose(ensemble.reordered(folds[0].images).probs, expected, atol=2e-6)
+    # the ensemble has the figures of a run's test report, and the folds stand beside it on one page
+    assert all((output_dir / "reports" / f"test_{kind}.png").stat().st_size > 0
+               for kind in ("roc", "pr", "confusion_matrix", "reliability", "per_class"))
+    assert "fold" in (output_dir / "report.html").read_text(encoding="utf-8")
 
     # a rerun keeps the finished folds: nothing is trained again, only the summary is rewritten
     logs = [(fold_dir(output_dir, fold) / "cv_fold.log").stat().st_size for fold in (0, 1)]
