@@ -53,7 +53,7 @@ from alz_monai.metrics import PER_CLASS_SCALAR_KEYS, SCALAR_KEYS
 
 __all__ = [
     "CONFIG_CHANGE_FLAG", "MODES", "WorkflowContext", "checkpoint_epoch", "describe_model", "load_run_config",
-    "parse_flag", "check_model_selection", "prepare_workflow", "record_data", "workflow_context",
+    "parse_flag", "check_model_selection", "lookup_key", "prepare_workflow", "record_data", "workflow_context",
 ]
 
 logger = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def _is_plain(value: Any) -> bool:
     return value is None or isinstance(value, (bool, int, float))
 
 
-def _lookup(config: Any, key: str) -> tuple[bool, Any, list[str]]:
+def lookup_key(config: Any, key: str) -> tuple[bool, Any, list[str]]:
     """(found, value, the valid names at the level where the path stopped) for a ``a#b#0`` key."""
     node = config
     for part in key.replace("::", "#").split("#"):
@@ -147,7 +147,7 @@ def _check_override_keys(base: Mapping[str, Any], overrides: Mapping[str, Any]) 
     for key in overrides:
         if key.lstrip("+") != key:
             continue  # a "+key" merge is MONAI's own syntax for adding to a list or dict
-        found, _, names = _lookup(base, key)
+        found, _, names = lookup_key(base, key)
         if found:
             continue
         leaf = key.replace("::", "#").split("#")[-1]

@@ -45,6 +45,7 @@ from alz_monai.crossval import (
 from alz_monai.data.splits import SPLIT_TABLE_NAME, read_split_table, write_split_table
 from alz_monai.errors import ConfigError
 from alz_monai.fileio import atomic_write_json, atomic_write_text
+from alz_monai.run_config import lookup_key
 
 if TYPE_CHECKING:
     import optuna
@@ -85,19 +86,8 @@ def _import_optuna() -> Any:
     try:
         import optuna
     except ImportError:
-        raise ConfigError("alz-monai tune needs Optuna: pip install optuna") from None
+        raise ConfigError("alz-monai tune needs Optuna: pip install 'alz-monai[tune]'") from None
     return optuna
-
-
-def _has_key(config: Any, key: str) -> bool:
-    for part in key.replace("::", "#").split("#"):
-        if isinstance(config, Mapping) and part in config:
-            config = config[part]
-        elif isinstance(config, list) and part.isdigit() and int(part) < len(config):
-            config = config[int(part)]
-        else:
-            return False
-    return True
 
 
 def load_space(space: str | Path | Mapping[str, Mapping[str, Any]] | None, bundle_dir: str | Path) -> dict[str, Any]:
@@ -120,7 +110,7 @@ def load_space(space: str | Path | Mapping[str, Mapping[str, Any]] | None, bundl
     for knob, spec in checked.items():
         if f"--{knob}" in RESERVED_OVERRIDES:
             problems.append(f"{knob} is set by the cross-validation itself")
-        elif not _has_key(recipe, knob):
+        elif not lookup_key(recipe, knob)[0]:
             problems.append(f"{knob} is not a knob of {Path(bundle_dir) / TRAIN_CONFIG}")
         kind = spec.get("type") if isinstance(spec, Mapping) else None
         if kind not in _KEYS:
