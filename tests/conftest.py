@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,24 +119,47 @@ def bundle_cli() -> BundleCLI:
     return BundleCLI()
 
 
-def make_synthetic_dataset(tmp_path_factory: pytest.TempPathFactory, folder: str, **params: Any) -> Path:
+# Folders of session fixtures: they outlive the test module that first asked for them.
+SESSION_FOLDERS: set[Path] = set()
+
+
+def session_folder(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    folder = tmp_path_factory.mktemp(name)
+    SESSION_FOLDERS.add(folder)
+    return folder
+
+
+@pytest.fixture(scope="module", autouse=True)
+def discard_module_folders(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Each run folder holds ~1 GB of checkpoints and CI disks are small: what a test module's fixtures made
+    goes when the module ends (tmp_path_retention_policy removes each passing test's own tmp_path)."""
+    base = tmp_path_factory.getbasetemp()
+    before = set(base.iterdir())
+    yield
+    for folder in set(base.iterdir()) - before - SESSION_FOLDERS:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def make_synthetic_dataset(tmp_path_factory: pytest.TempPathFactory, folder: str, session: bool = False,
+                           **params: Any) -> Path:
     """A synthetic dataset in a fresh temporary folder (shared by the dataset fixtures of every test file)."""
     from alz_monai.data.synth import generate_synthetic_dataset
 
-    dataset_dir = tmp_path_factory.mktemp(folder) / "synthetic"
+    parent = session_folder(tmp_path_factory, folder) if session else tmp_path_factory.mktemp(folder)
+    dataset_dir = parent / "synthetic"
     generate_synthetic_dataset(dataset_dir, progress=False, **params)
     return dataset_dir
 
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_synthetic_dataset(tmp_path_factory, "data", **TINY_DATASET)
+    return make_synthetic_dataset(tmp_path_factory, "data", session=True, **TINY_DATASET)
 
 
 @pytest.fixture(scope="session")
 def stage1_run(tmp_path_factory: pytest.TempPathFactory, tiny_dataset: Path, bundle_cli: BundleCLI) -> BundleRun:
     """An uninterrupted ad_resnet3d run of STAGE1_EPOCHS epochs."""
-    run = BundleRun(STAGE1, tiny_dataset, tmp_path_factory.mktemp("stage1") / "run", dict(TINY_TRAINING))
+    run = BundleRun(STAGE1, tiny_dataset, session_folder(tmp_path_factory, "stage1") / "run", dict(TINY_TRAINING))
     bundle_cli.train(run)
     return run
 
@@ -145,7 +169,7 @@ def stage2_run(tmp_path_factory: pytest.TempPathFactory, stage1_run: BundleRun, 
     """An ad_mosa run of STAGE2_EPOCHS epochs initialised from the stage-1 run's best model."""
     knobs = {**TINY_TRAINING, **TINY_MOSA,
              "stage1_model": str(stage1_run.output_dir / "checkpoints" / "model_best.pt")}
-    run = BundleRun(STAGE2, stage1_run.dataset_dir, tmp_path_factory.mktemp("stage2") / "run", knobs,
+    run = BundleRun(STAGE2, stage1_run.dataset_dir, session_folder(tmp_path_factory, "stage2") / "run", knobs,
                     num_epochs=STAGE2_EPOCHS)
     bundle_cli.train(run)
     return run
