@@ -56,6 +56,7 @@ def prepare_records(
     num_folds: int = 5,
     foreground_fraction: float = DEFAULT_FOREGROUND_FRACTION,
     validation_workers: int = 2,
+    validation_store: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Load, validate and split a dataset: the one entry point of every bundle.
 
@@ -63,14 +64,16 @@ def prepare_records(
     bundle's ``foreground_fraction``, as its preprocessing crops); its hashes let the leakage guard find copies of
     a scan under other participants and key the persistent cache. The split table written to ``output_dir`` is
     reused on resume and evaluation. With ``fold`` set, the train and val participants are regrouped into
-    ``num_folds`` folds and fold ``fold`` validates; the test split is never touched.
+    ``num_folds`` folds and fold ``fold`` validates; the test split is never touched. ``validation_store``: a
+    folder keeping the results of scans that passed, so that later runs over the same files (the other bundle,
+    evaluation) do not decode them again (see :class:`~alz_monai.data.validate.ValidationStore`).
     """
     records = load_records(source, classes=classes)
     # under multi-GPU training rank 0 validates and writes the split table; the other ranks then reuse it
     if is_main_process():
         if validate:
             records = ensure_valid(records, classes, foreground_fraction=foreground_fraction,
-                                   workers=validation_workers)
+                                   workers=validation_workers, store_dir=validation_store)
         records = resolve_splits(records, output_dir, ratios=split_ratios, seed=seed)
     idist.barrier()
     if not is_main_process():

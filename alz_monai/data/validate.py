@@ -33,6 +33,10 @@ Warnings (logged and returned; the scan is used as it is):
   background): cropping keeps the whole field of view and the normalisation statistics include the background.
 
 Headers are checked before any voxel is decoded, so a corrupt header claiming an enormous volume costs nothing.
+
+With a validation store (``store_dir``, see :class:`ValidationStore`) a scan whose bytes passed the same checks
+before is not decoded again: reading and hashing its bytes is several times cheaper than decoding it, and both
+bundles and every evaluation validate the same files.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import logging
 import math
 import os
@@ -48,6 +53,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import nibabel as nib
@@ -58,10 +64,14 @@ from tqdm import tqdm
 
 from alz_monai.data.records import CONTENT_KEY, DEFAULT_CLASSES
 from alz_monai.data.transforms import ForegroundThreshold
-from alz_monai.errors import DataError
+from alz_monai.errors import ConfigError, DataError
+from alz_monai.fileio import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
+# Bump whenever a check changes what it reports for a file (including ForegroundThreshold's rule): results a
+# validation store holds from another version are then no longer used.
+VALIDATOR_VERSION = 1
 DEFAULT_MAX_VOXELS = 1024**3
 DEFAULT_FOREGROUND_FRACTION = 0.1  # the bundles' foreground_fraction
 WORKING_DTYPE = np.float32
@@ -95,6 +105,72 @@ class _ScanCheck:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     content: ScanContent | None = None
+    from_store: bool = False  # taken from a ValidationStore instead of decoded
+
+
+def _is_sha256(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(char in "0123456789abcdef" for char in value)
+
+
+class ValidationStore:
+    """Results of the per-file checks of scans that passed (perhaps with warnings), kept in a folder by content.
+
+    One small JSON file per scan, named by the SHA-256 of the file's bytes and a fingerprint of everything that
+    decides the result: ``VALIDATOR_VERSION``, nibabel's version, the module's limits, ``max_voxels`` and
+    ``foreground_fraction`` (classes and labels do not matter: record checks run every time). A changed file has
+    another hash, so it is never served an old result. Failing scans are not stored: they are checked again on
+    every run, so their messages follow the file and the checks. Messages are stored without the file's path
+    and given the current one, since the same bytes may lie at another path. An entry that cannot be read or
+    does not describe the file is ignored, and the scan's fresh result replaces it. Entries are written
+    atomically, so runs sharing the folder may write the same entry side by side. Only voxel checks use it:
+    header-only checks read less than hashing the file would.
+    """
+
+    def __init__(self, folder: str | Path, *, max_voxels: int, foreground_fraction: float) -> None:
+        self.folder = Path(folder)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(f"validation store {self.folder}: cannot create the folder ({error.strerror or error}); "
+                              "point validation_store at a writable folder or set it to null") from error
+        description = {
+            "version": VALIDATOR_VERSION, "nibabel": nib.__version__, "working_dtype": np.dtype(WORKING_DTYPE).name,
+            "max_magnitude": MAX_MAGNITUDE, "voxel_size_range_mm": VOXEL_SIZE_RANGE_MM,
+            "full_foreground_share": FULL_FOREGROUND_SHARE, "singular_ratio": SINGULAR_RATIO,
+            "sample_voxels": _SAMPLE_VOXELS, "max_voxels": max_voxels, "foreground_fraction": foreground_fraction,
+        }
+        self.fingerprint = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
+
+    def entry_path(self, file_sha256: str) -> Path:
+        return self.folder / f"{file_sha256}-{self.fingerprint}.json"
+
+    def load(self, path: str, file_sha256: str, status: os.stat_result) -> _ScanCheck | None:
+        """The stored result of the file with these bytes, for ``path`` as it is now; None when there is none."""
+        entry_path = self.entry_path(file_sha256)
+        try:
+            entry = json.loads(entry_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as error:
+            logger.warning("validation store entry %s cannot be read (%s); checking %s again", entry_path, error, path)
+            return None
+        expected = {"file_sha256": file_sha256, "fingerprint": self.fingerprint, "size": status.st_size}
+        warnings = entry.get("warnings") if isinstance(entry, dict) else None
+        if not (isinstance(entry, dict) and all(entry.get(key) == value for key, value in expected.items())
+                and _is_sha256(entry.get("voxel_sha256")) and isinstance(warnings, list)
+                and all(isinstance(warning, str) for warning in warnings)):
+            logger.warning("validation store entry %s does not describe %s; checking it again", entry_path, path)
+            return None
+        content = ScanContent(status.st_size, status.st_mtime_ns, file_sha256, entry["voxel_sha256"])
+        return _ScanCheck([], [f"{path}: {warning}" for warning in warnings], content, from_store=True)
+
+    def save(self, path: str, content: ScanContent, warnings: Sequence[str]) -> None:
+        """Store the result of a scan at ``path`` that passed with these warnings."""
+        prefix = f"{path}: "
+        atomic_write_json(self.entry_path(content.file_sha256), {
+            "file_sha256": content.file_sha256, "fingerprint": self.fingerprint, "size": content.size,
+            "voxel_sha256": content.voxel_sha256, "warnings": [warning.removeprefix(prefix) for warning in warnings],
+        })
 
 
 @dataclass(frozen=True)
@@ -304,8 +380,11 @@ def _voxel_check(path: str, image: Any, foreground_fraction: float) -> tuple[lis
     return [], warnings, digest.hexdigest()
 
 
-def _scan_check(path: str, *, read_voxels: bool, max_voxels: int, foreground_fraction: float) -> _ScanCheck:
-    """Problems of one file, from cheapest to most expensive check; stops where further checks are meaningless."""
+def _scan_check(path: str, *, read_voxels: bool, max_voxels: int, foreground_fraction: float,
+                store: ValidationStore | None = None) -> _ScanCheck:
+    """Problems of one file, from cheapest to most expensive check; stops where further checks are meaningless.
+
+    With ``store``, a file whose bytes are in it is not decoded, and a file that passed is added to it."""
     if not os.path.exists(path):
         return _ScanCheck([f"{path}: file does not exist; check the path or remove it from the table"])
     if not os.path.isfile(path):
@@ -315,6 +394,11 @@ def _scan_check(path: str, *, read_voxels: bool, max_voxels: int, foreground_fra
         if status.st_size == 0:
             return _ScanCheck([f"{path}: file is empty (0 bytes); {_REMOVE}"])
         data = handle.read() if read_voxels else None
+        file_sha256 = None if data is None else hashlib.sha256(data).hexdigest()
+        if store is not None and file_sha256 is not None:
+            stored = store.load(path, file_sha256, status)
+            if stored is not None:
+                return stored
         try:
             image, stored_header, stream = _open_image(path, io.BytesIO(data) if data is not None else handle)
         except _LOAD_ERRORS as error:
@@ -323,7 +407,7 @@ def _scan_check(path: str, *, read_voxels: bool, max_voxels: int, foreground_fra
         if header_problems:
             return _ScanCheck(header_problems)
         check = _affine_check(path, image)
-        if data is None:
+        if file_sha256 is None:
             return check
     errors, warnings, voxel_sha256 = _voxel_check(path, image, foreground_fraction)
     if not errors and path.lower().endswith(".gz"):
@@ -335,8 +419,9 @@ def _scan_check(path: str, *, read_voxels: bool, max_voxels: int, foreground_fra
     check.errors += errors
     check.warnings += warnings
     if voxel_sha256 is not None:
-        check.content = ScanContent(status.st_size, status.st_mtime_ns, hashlib.sha256(data).hexdigest(),
-                                    voxel_sha256)
+        check.content = ScanContent(status.st_size, status.st_mtime_ns, file_sha256, voxel_sha256)
+    if store is not None and check.content is not None and not check.errors:
+        store.save(path, check.content, check.warnings)
     return check
 
 
@@ -358,24 +443,32 @@ def check_records(
     progress: bool = True,
     labelled: bool = True,
     workers: int = 2,
+    store_dir: str | Path | None = None,
 ) -> ValidationReport:
     """Every problem of every record (labels, duplicate paths, files, headers, affines, voxels) in one pass.
 
     ``labelled=False`` skips the label check, for scans to run inference on; ``foreground_fraction`` is the
     bundle's (see ``ForegroundThreshold``); ``workers`` threads read scans side by side (decompression, hashing
-    and numpy release the GIL).
+    and numpy release the GIL). ``store_dir``: a :class:`ValidationStore` folder, so that files which passed
+    before are not decoded again (with ``read_voxels`` only); the record checks run every time.
     """
     first_image_of: dict[str, str] = {}
     for record in records:
         first_image_of.setdefault(os.path.realpath(record["image"]), record["image"])
+    store = (ValidationStore(store_dir, max_voxels=max_voxels, foreground_fraction=foreground_fraction)
+             if store_dir is not None and read_voxels else None)
     check = partial(_scan_check, read_voxels=read_voxels, max_voxels=max_voxels,
-                    foreground_fraction=foreground_fraction)
+                    foreground_fraction=foreground_fraction, store=store)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = pool.map(check, first_image_of.values())
         progress_bar = tqdm(
             results, total=len(first_image_of), desc="Checking scans", unit="scan", disable=not progress
         )
         file_checks = dict(zip(first_image_of, progress_bar))
+    if store is not None:
+        stored = sum(file_check.from_store for file_check in file_checks.values())
+        logger.info("validation store %s: %d of %d scans taken from it, %d read and checked", store.folder, stored,
+                    len(file_checks), len(file_checks) - stored)
     annotated, record_errors, record_warnings = [], [], []
     first_position: dict[str, int] = {}
     for position, record in enumerate(records, start=1):
