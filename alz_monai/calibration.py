@@ -27,10 +27,11 @@ import numpy as np
 import torch
 from scipy import optimize, special
 
-from alz_monai import metrics
+from alz_monai import layout, metrics, plots
 from alz_monai.errors import DataError
 from alz_monai.fileio import atomic_write_json
 from alz_monai.predictions import Predictions, load_predictions
+from alz_monai.run_config import describe_model, load_run_config, record_calibration
 
 __all__ = [
     "PROBABILITY_FLOOR",
@@ -40,12 +41,15 @@ __all__ = [
     "TemperatureScaled",
     "apply_temperature",
     "calibrate_predictions",
+    "calibrate_run",
     "fit_temperature",
     "fit_temperature_to_predictions",
     "fit_temperature_to_run",
     "load_temperature",
     "log_probabilities",
+    "run_temperature",
     "save_temperature",
+    "uncalibrated_predictions",
 ]
 
 logger = logging.getLogger(__name__)
@@ -186,10 +190,19 @@ def fit_temperature_to_predictions(predictions: Predictions, **kwargs: Any) -> T
 
 
 def calibrate_predictions(predictions: Predictions, temperature: float) -> Predictions:
-    """The same predictions with probabilities ``softmax(log(probs) / T)``."""
+    """The same predictions with probabilities ``softmax(log(probs) / T)``; temperatures compose by product
+    (``softmax(z / T1)`` scaled by T2 is ``softmax(z / (T1 T2))``), which ``temperature`` records."""
     probs = apply_temperature(log_probabilities(predictions.probs), temperature)
     source = f"{predictions.source} at temperature {temperature:.4g}"
-    return dataclasses.replace(predictions, probs=probs, source=source)
+    total = temperature * (predictions.temperature or 1.0)
+    return dataclasses.replace(predictions, probs=probs, source=source, temperature=None if total == 1.0 else total)
+
+
+def uncalibrated_predictions(predictions: Predictions) -> Predictions:
+    """The predictions as the network gave them, before the temperature that their file records."""
+    if predictions.temperature is None:
+        return predictions
+    return calibrate_predictions(predictions, 1.0 / predictions.temperature)
 
 
 def save_temperature(path: str | Path, fit: TemperatureFit) -> None:
@@ -238,3 +251,60 @@ class TemperatureScaled(torch.nn.Module):
     @classmethod
     def from_file(cls, network: torch.nn.Module, path: str | Path) -> TemperatureScaled:
         return cls(network, load_temperature(path))
+
+
+def calibrate_run(output_dir: str | Path, model_path: str | Path,
+                  predictions_path: str | Path | None = None) -> TemperatureFit | None:
+    """After training: fit T on the validation predictions of the run's best model, save it beside the model
+    (``temperature.json``, naming the model's sha256), record it in the run's ``run_config.yaml`` and draw the
+    validation reliability diagram after scaling (``best_val_reliability_calibrated.png``).
+
+    A T at its search bound, or validation predictions that admit no fit, are recorded with the reason and left
+    unapplied: the run then reports uncalibrated probabilities rather than losing its test evaluation."""
+    output_dir, model_path = Path(output_dir), Path(model_path)
+    reports = output_dir / layout.REPORTS_DIRNAME
+    predictions_path = Path(predictions_path) if predictions_path else reports / "best_val_predictions.csv"
+    model = describe_model(model_path)
+    record: dict[str, Any] = {"model": model["checkpoint"], "model_sha256": model["sha256"],
+                              "fitted_on": str(predictions_path.absolute())}
+    try:
+        predictions = load_predictions(predictions_path)
+        fit = fit_temperature_to_predictions(predictions)
+    except DataError as error:
+        reason = f"no temperature could be fitted: {error}"
+        logger.warning("%s; evaluations of %s report uncalibrated probabilities", reason, model_path.name)
+        record_calibration(output_dir, {**record, "applied": False, "reason": reason})
+        return None
+    applied = not fit.at_bound
+    record.update(temperature=fit.temperature, applied=applied, num_samples=fit.num_samples,
+                  nll_before=fit.nll_before, nll_after=fit.nll_after, ece_before=fit.ece_before,
+                  ece_after=fit.ece_after)
+    if applied:
+        record["reason"] = f"fitted on {fit.num_samples} validation scans of {predictions_path.absolute()}"
+    else:
+        record["reason"] = (f"the temperature fitted on {fit.num_samples} validation scans stopped at its bound "
+                            f"({fit.temperature:.3g}): too few or too easy scans to calibrate on")
+        logger.warning("%s; evaluations of %s report uncalibrated probabilities", record["reason"], model_path.name)
+    atomic_write_json(model_path.parent / TEMPERATURE_NAME, {**fit.to_json(), "applied": applied, "model": model})
+    record_calibration(output_dir, metrics.to_jsonable(record))
+    context = plots.FigureContext(split="validation", model=f"temperature {fit.temperature:.3g}",
+                                  num_scans=fit.num_samples)
+    figure = plots.plot_reliability(fit.reliability_after, fit.ece_after, len(predictions.class_names), context)
+    plots.save_figure(figure, reports / "best_val_reliability_calibrated.png")
+    return fit
+
+
+def run_temperature(output_dir: str | Path, model_path: str | Path) -> tuple[float | None, str]:
+    """The temperature a run recorded for the model at ``model_path`` and where it comes from, or None and why not
+    (none fitted, stopped at its bound, or fitted for another model: checked by the model file's sha256)."""
+    recorded = load_run_config(output_dir) or {}
+    record = recorded.get("calibration")
+    if not isinstance(record, dict) or "applied" not in record:
+        return None, f"{Path(output_dir) / layout.RUN_CONFIG_NAME} records no temperature (trained with calibrate " \
+                     "false, or before calibration existed)"
+    if not record.get("applied"):
+        return None, str(record.get("reason", "the recorded temperature is not applied"))
+    sha256 = describe_model(model_path)["sha256"]
+    if sha256 != record.get("model_sha256"):
+        return None, f"the recorded temperature belongs to {record.get('model')}, not to {Path(model_path).absolute()}"
+    return _check_temperature(record.get("temperature")), str(record.get("reason", ""))

@@ -6,9 +6,10 @@ and ``<split>_metrics.json``, so that ``alz-monai compare OUT RUN`` compares it 
 participant-bootstrap 95% CIs and come twice: per scan, and per participant with the probabilities averaged over a
 participant's sessions, since several sessions of one person are not independent evidence.
 
-``--calibrate`` fits one temperature to the ensemble of the runs' best validation predictions (which must cover the
-same scans, so not for fold models, which validate on different folds) and applies it to the ensemble: an average of
-calibrated models is itself usually under-confident.
+Members trained with ``calibrate`` bring probabilities already scaled by their own temperature, and the ensemble
+averages those. ``--calibrate`` instead fits one temperature to the ensemble of the runs' best validation predictions
+(which must cover the same scans, so not for fold models, which validate on different folds) and applies it to the
+average of the members' unscaled probabilities: an average of calibrated models is itself usually under-confident.
 """
 
 from __future__ import annotations
@@ -123,10 +124,13 @@ def ensemble_runs(
     names = [f"run {index + 1}" for index in range(len(run_paths))]
     members = align_predictions({name: load_predictions(find_predictions(run, split)) for name, run in
                                  zip(names, run_paths)}, hint=_SAME_SCANS_HINT)
-    ensemble = ensemble_predictions(members)
     fit = None
-    if calibrate:
-        ensemble, fit = _calibrated(ensemble, run_paths, names)
+    if calibrate:  # validation predictions are unscaled: so must the test predictions be that the fit applies to
+        ensemble, fit = _calibrated(ensemble_predictions(
+            {name: calibration.uncalibrated_predictions(predictions) for name, predictions in members.items()}),
+            run_paths, names)
+    else:
+        ensemble = ensemble_predictions(members)
 
     evaluation = evaluate_with_participants(ensemble, bootstrap_resamples, seed)
     report_dir = output_dir / REPORTS_DIRNAME
@@ -137,7 +141,8 @@ def ensemble_runs(
     summary: dict[str, Any] = {
         "split": split,
         "members": {name: {"predictions": predictions.source, "checkpoint": predictions.checkpoint,
-                           "training_epoch": predictions.training_epoch} for name, predictions in members.items()},
+                           "training_epoch": predictions.training_epoch, "temperature": predictions.temperature}
+                    for name, predictions in members.items()},
         "num_samples": len(ensemble.images),
         "num_participants": len(set(ensemble.participants)) if ensemble.groups else None,
         "ensemble": evaluation,

@@ -1,8 +1,9 @@
 """Per-scan predictions: the one CSV schema every report, inference run, comparison and ensemble reads and writes.
 
 Columns: ``participant_id, session_id, image, true_label, predicted_label, prob_<class>..., checkpoint,
-training_epoch``. ``true_label`` is empty for inference on unlabelled scans; ``checkpoint`` and
-``training_epoch`` name the model that made the predictions (empty when unknown).
+training_epoch, temperature``. ``true_label`` is empty for inference on unlabelled scans; ``checkpoint`` and
+``training_epoch`` name the model that made the predictions (empty when unknown); ``temperature`` is the one that
+divided its logits (alz_monai.calibration), empty for uncalibrated probabilities.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ __all__ = ["PROBABILITY_PREFIX", "Predictions", "check_finite", "load_prediction
 
 PROBABILITY_PREFIX = "prob_"
 IDENTITY_COLUMNS = ("participant_id", "session_id", "image")
-MODEL_COLUMNS = ("checkpoint", "training_epoch")
+MODEL_COLUMNS = ("checkpoint", "training_epoch", "temperature")
 # Longest list of scans quoted in one message; the rest are counted.
 _MAX_LISTED = 10
 
@@ -39,6 +40,7 @@ class Predictions:
     probs: np.ndarray
     checkpoint: str = ""
     training_epoch: int | None = None
+    temperature: float | None = None
 
     @property
     def predicted(self) -> np.ndarray:
@@ -97,6 +99,7 @@ def write_predictions(path: str | Path, predictions: Predictions) -> None:
         table[PROBABILITY_PREFIX + name] = predictions.probs[:, index]
     table["checkpoint"] = predictions.checkpoint
     table["training_epoch"] = "" if predictions.training_epoch is None else str(predictions.training_epoch)
+    table["temperature"] = "" if predictions.temperature is None else f"{predictions.temperature:.6g}"
     atomic_write_text(path, table.to_csv(index=False, float_format="%.6f", lineterminator="\n"))
 
 
@@ -134,6 +137,10 @@ def load_predictions(path: str | Path, labelled: bool = True) -> Predictions:
     optional = {column: tuple(table[column]) if column in table.columns else ("",) * len(table)
                 for column in (*IDENTITY_COLUMNS, *MODEL_COLUMNS)}
     epochs = {value for value in optional["training_epoch"] if value}
+    temperatures = {value for value in optional["temperature"] if value}
+    if len(temperatures) > 1:
+        raise DataError([f"the rows hold {len(temperatures)} temperatures ({', '.join(sorted(temperatures))})"],
+                        source=str(path), hint="One file holds the predictions of one model: rerun the evaluation.")
     return Predictions(
         source=str(path),
         class_names=class_names,
@@ -144,4 +151,5 @@ def load_predictions(path: str | Path, labelled: bool = True) -> Predictions:
         probs=probs.to_numpy(dtype=np.float64),
         checkpoint=next(iter({value for value in optional["checkpoint"] if value}), ""),
         training_epoch=int(next(iter(epochs))) if len(epochs) == 1 else None,
+        temperature=float(next(iter(temperatures))) if temperatures else None,
     )

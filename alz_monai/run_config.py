@@ -537,3 +537,15 @@ def record_data(output_dir: str | os.PathLike, records: Sequence[Mapping[str, An
     recorded["split_table"] = {"path": str(table), "sha256": digest}
     recorded["data"] = summary
     _write_record(output_dir, recorded)
+
+
+def record_calibration(output_dir: str | os.PathLike, calibration: Mapping[str, Any]) -> None:
+    """Record the temperature fitted after training (alz_monai.calibration.calibrate_run) under ``calibration``:
+    evaluation and inference apply it to the model it names, and to no other."""
+    output_dir = Path(output_dir).expanduser().absolute()
+    recorded = load_run_config(output_dir)
+    if recorded is None:
+        raise ConfigError(f"{output_dir} has no {layout.RUN_CONFIG_NAME}, so its temperature cannot be recorded; "
+                          "train the run with this version of alz-monai")
+    recorded["calibration"] = dict(calibration)
+    _write_record(output_dir, recorded)

@@ -10,6 +10,7 @@ from alz_monai.handlers.loss_scaling import SkipBFloat16LossScaling
 from alz_monai.handlers.prediction_writer import PredictionWriter
 from alz_monai.handlers.random_state import RandomStateRecorder
 from alz_monai.handlers.resume import RunResumer
+from alz_monai.handlers.temperature import ApplyTemperature, Calibration, calibration_of
 from alz_monai.handlers.tensorboard import (
     EpochLossLogger,
     HistogramLogger,
@@ -19,8 +20,8 @@ from alz_monai.handlers.tensorboard import (
 )
 
 __all__ = [
-    "BroadcastBuffers", "ClassificationReport", "EntropyAdaptiveLR", "EpochLossLogger", "HParamsLogger",
-    "GradScalerState", "GradientClipping", "HistogramLogger", "LearningRateLogger", "PredictionWriter",
-    "RandomStateRecorder", "RunCheckpointer", "RunEvents", "RunResumer", "SkipBFloat16LossScaling", "TensorBoardResume",
-    "unwrap_network",
+    "ApplyTemperature", "BroadcastBuffers", "Calibration", "ClassificationReport", "EntropyAdaptiveLR",
+    "EpochLossLogger", "HParamsLogger", "GradScalerState", "GradientClipping", "HistogramLogger", "LearningRateLogger",
+    "PredictionWriter", "RandomStateRecorder", "RunCheckpointer", "RunEvents", "RunResumer", "SkipBFloat16LossScaling",
+    "TensorBoardResume", "calibration_of", "unwrap_network",
 ]

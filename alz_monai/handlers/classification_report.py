@@ -13,9 +13,10 @@ import torch
 from ignite.engine import Engine, Events
 from monai.utils import CommonKeys, evenly_divisible_all_gather
 
-from alz_monai import metrics, plots, stats
+from alz_monai import calibration, metrics, plots, stats
 from alz_monai.fileio import atomic_write_json
 from alz_monai.handlers.events import RunEvents, register_run_events
+from alz_monai.handlers.temperature import calibration_of
 from alz_monai.layout import PATH_KEY
 from alz_monai.predictions import Predictions, check_finite, write_predictions
 from alz_monai.run_config import describe_model
@@ -76,6 +77,7 @@ class ClassificationReport:
         self.model_path = model_path
         self.model_name = model_name
         self.report: dict[str, Any] | None = None
+        self._uncalibrated: Predictions | None = None
         self._reset()
 
     def attach(self, engine: Engine) -> None:
@@ -127,6 +129,16 @@ class ClassificationReport:
         report = metrics.classification_report(labels.numpy(), probs.numpy(), self.class_names)
         report["expected_calibration_error"] = metrics.expected_calibration_error(
             labels.numpy(), probs.numpy(), n_bins=self.calibration_bins)
+        self._uncalibrated = None
+        applied = calibration_of(engine)
+        if applied is not None:
+            report["calibration"] = {"temperature": applied.temperature, "source": applied.reason}
+            if applied.temperature is not None:
+                predictions = dataclasses.replace(predictions, temperature=applied.temperature)
+                self._uncalibrated = calibration.uncalibrated_predictions(predictions)
+                report["calibration"]["expected_calibration_error_uncalibrated"] = \
+                    metrics.expected_calibration_error(labels.numpy(), self._uncalibrated.probs,
+                                                       n_bins=self.calibration_bins)
         self.report = report
         self._predictions = predictions
         scalars = metrics.scalar_metrics(report)
@@ -203,6 +215,13 @@ class ClassificationReport:
         figures = plots.report_figures(predictions.y_true, predictions.probs, self.class_names, context, groups=groups,
                                        band_resamples=self.bootstrap_resamples, calibration_bins=self.calibration_bins,
                                        seed=self.seed)
+        if self._uncalibrated is not None:  # the same scans before temperature scaling, beside the scaled ones
+            labels, probs = self._uncalibrated.y_true, self._uncalibrated.probs
+            figures["reliability_uncalibrated"] = plots.plot_reliability(
+                metrics.reliability_curve(labels, probs, n_bins=self.calibration_bins),
+                metrics.expected_calibration_error(labels, probs, n_bins=self.calibration_bins),
+                num_classes=len(self.class_names),
+                context=dataclasses.replace(context, model=f"{self.model_name or 'model'} before temperature scaling"))
         for kind, fig in figures.items():
             if self.summary_writer is not None:
                 self.summary_writer.add_figure(f"{name}/{kind}", fig, step, close=False)

@@ -11,6 +11,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.utils import CommonKeys
 
+from alz_monai.handlers.temperature import calibration_of
 from alz_monai.layout import PATH_KEY
 from alz_monai.predictions import Predictions, write_predictions
 from alz_monai.run_config import describe_model
@@ -50,10 +51,11 @@ class PredictionWriter:
     def _write(self, engine: Engine) -> None:
         images, participants, sessions = (tuple(column) for column in zip(*self._rows))
         model = describe_model(self.model_path) if self.model_path is not None else {}
+        applied = calibration_of(engine)
         predictions = Predictions(
             source=str(self.output_path), class_names=tuple(self.class_names), images=images,
             participants=participants, sessions=sessions, y_true=None,
             probs=torch.cat(self._probs).cpu().double().numpy(), checkpoint=model.get("checkpoint", ""),
-            training_epoch=model.get("training_epoch"))
+            training_epoch=model.get("training_epoch"), temperature=applied.temperature if applied else None)
         write_predictions(self.output_path, predictions)
         logger.info("predictions for %d scans written to %s", len(images), self.output_path)
