@@ -155,3 +155,26 @@ def test_prepare_records_validates_through_the_store(tmp_path: Path, tiny_datase
     again = prepare_records(tiny_dataset, CLASSES, tmp_path / "run", validation_store=store)
     assert decoded == []
     assert [item[CONTENT_KEY] for item in again] == [item[CONTENT_KEY] for item in first]
+
+
+def test_a_store_that_cannot_be_made_or_written_only_costs_speed(
+        tmp_path: Path, scans: list[Path], decoded: list[str], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    fresh = check(scans, None)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    decoded.clear()
+    with caplog.at_level(logging.WARNING, logger=validate.__name__):
+        assert_same(check(scans, blocker / "store"), fresh)
+    assert len(decoded) == len(scans)
+    assert any("cannot be created" in message and "every scan is read" in message for message in caplog.messages)
+
+    def full_disk(*args: Any, **kwargs: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(validate, "atomic_write_json", full_disk)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=validate.__name__):
+        assert_same(check(scans, tmp_path / "store"), fresh)
+    assert sum("cannot write" in message for message in caplog.messages) == 1
+    assert list((tmp_path / "store").iterdir()) == []

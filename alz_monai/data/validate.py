@@ -64,7 +64,7 @@ from tqdm import tqdm
 
 from alz_monai.data.records import CONTENT_KEY, DEFAULT_CLASSES
 from alz_monai.data.transforms import ForegroundThreshold
-from alz_monai.errors import ConfigError, DataError
+from alz_monai.errors import DataError
 from alz_monai.fileio import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -128,11 +128,8 @@ class ValidationStore:
 
     def __init__(self, folder: str | Path, *, max_voxels: int, foreground_fraction: float) -> None:
         self.folder = Path(folder)
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise ConfigError(f"validation store {self.folder}: cannot create the folder ({error.strerror or error}); "
-                              "point validation_store at a writable folder or set it to null") from error
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._write_failed = False
         description = {
             "version": VALIDATOR_VERSION, "nibabel": nib.__version__, "working_dtype": np.dtype(WORKING_DTYPE).name,
             "max_magnitude": MAX_MAGNITUDE, "voxel_size_range_mm": VOXEL_SIZE_RANGE_MM,
@@ -167,10 +164,26 @@ class ValidationStore:
     def save(self, path: str, content: ScanContent, warnings: Sequence[str]) -> None:
         """Store the result of a scan at ``path`` that passed with these warnings."""
         prefix = f"{path}: "
-        atomic_write_json(self.entry_path(content.file_sha256), {
-            "file_sha256": content.file_sha256, "fingerprint": self.fingerprint, "size": content.size,
-            "voxel_sha256": content.voxel_sha256, "warnings": [warning.removeprefix(prefix) for warning in warnings],
-        })
+        entry = {"file_sha256": content.file_sha256, "fingerprint": self.fingerprint, "size": content.size,
+                 "voxel_sha256": content.voxel_sha256,
+                 "warnings": [warning.removeprefix(prefix) for warning in warnings]}
+        try:
+            atomic_write_json(self.entry_path(content.file_sha256), entry)
+        except OSError as error:  # a speed-up only: a full or read-only disk costs the next run its decoding
+            if not self._write_failed:
+                logger.warning("validation store %s: cannot write (%s); later runs check these scans again",
+                               self.folder, error.strerror or error)
+            self._write_failed = True
+
+    @classmethod
+    def open(cls, folder: str | Path, **settings: Any) -> ValidationStore | None:
+        """The store in ``folder``, or None (every scan decoded, one warning) when the folder cannot be made."""
+        try:
+            return cls(folder, **settings)
+        except OSError as error:
+            logger.warning("validation store %s cannot be created (%s): every scan is read and checked; point "
+                           "validation_store at a writable folder", folder, error.strerror or error)
+            return None
 
 
 @dataclass(frozen=True)
@@ -455,7 +468,7 @@ def check_records(
     first_image_of: dict[str, str] = {}
     for record in records:
         first_image_of.setdefault(os.path.realpath(record["image"]), record["image"])
-    store = (ValidationStore(store_dir, max_voxels=max_voxels, foreground_fraction=foreground_fraction)
+    store = (ValidationStore.open(store_dir, max_voxels=max_voxels, foreground_fraction=foreground_fraction)
              if store_dir is not None and read_voxels else None)
     check = partial(_scan_check, read_voxels=read_voxels, max_voxels=max_voxels,
                     foreground_fraction=foreground_fraction, store=store)
