@@ -8,6 +8,7 @@ A run folder (``--output_dir``)::
                               model_best.pt, best_metric.json
     reports/                  best-validation and test reports of the training run
     evaluation/<split>/       reports of ``run evaluating``
+    evaluation/external_<name>/   reports of ``run evaluating --external_data <name>`` (another site's scans)
     inference/                predictions of ``run inferring``
     saliency/                 maps of ``run explaining`` / ``alz-monai explain``
     tensorboard/{train,val,test}
@@ -16,13 +17,16 @@ A run folder (``--output_dir``)::
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+from alz_monai.errors import ConfigError
 
 __all__ = [
     "BEST_METRIC_NAME", "BEST_MODEL_NAME", "CHECKPOINTS_DIRNAME", "DATASET_KEYS", "EVALUATION_DIRNAME",
     "FINAL_CHECKPOINT_NAME", "INFERENCE_DIRNAME", "LATEST_CHECKPOINT_NAME", "LOCK_NAME", "PATH_KEY",
     "REPORTS_DIRNAME", "RUN_CONFIG_NAME", "SALIENCY_DIRNAME", "SPLIT_TABLE_NAME", "STALE_MARKER_NAME",
-    "SUMMARY_NAME", "TENSORBOARD_DIRNAME", "epoch_checkpoint_name", "is_epoch_checkpoint",
+    "SUMMARY_NAME", "TENSORBOARD_DIRNAME", "epoch_checkpoint_name", "evaluation_dir", "is_epoch_checkpoint",
 ]
 
 RUN_CONFIG_NAME = "run_config.yaml"
@@ -38,6 +42,7 @@ BEST_METRIC_NAME = "best_metric.json"
 
 REPORTS_DIRNAME = "reports"
 EVALUATION_DIRNAME = "evaluation"
+EXTERNAL_SPLIT = "external"  # the split of every scan of --external_data (alz_monai.data.splits)
 INFERENCE_DIRNAME = "inference"
 SALIENCY_DIRNAME = "saliency"
 TENSORBOARD_DIRNAME = "tensorboard"
@@ -59,3 +64,22 @@ def epoch_checkpoint_name(epoch: int) -> str:
 def is_epoch_checkpoint(path: str | Path) -> bool:
     name = Path(path).name
     return name.startswith(_EPOCH_PREFIX) and name.endswith(_EPOCH_SUFFIX)
+
+
+def evaluation_dir(output_dir: str | os.PathLike, eval_split: str, external_data: str | os.PathLike | None) -> Path:
+    """Where ``run evaluating`` writes: ``evaluation/<split>``, or ``evaluation/external_<name>`` for another
+    site's data, named after its folder or file (several external datasets keep apart reports).
+
+    Every scan of ``external_data`` is in the external split, so any other ``eval_split`` is refused.
+    """
+    if external_data is None:
+        if eval_split == EXTERNAL_SPLIT:
+            raise ConfigError(f"--eval_split {EXTERNAL_SPLIT} evaluates another site's data: pass --external_data "
+                              "PATH (a folder, table, datalist or BIDS root) instead")
+        return Path(output_dir) / EVALUATION_DIRNAME / eval_split
+    if eval_split != EXTERNAL_SPLIT:
+        raise ConfigError(f"--external_data evaluates every scan of {external_data} as the {EXTERNAL_SPLIT!r} split; "
+                          f"drop --eval_split {eval_split}")
+    source = Path(os.path.abspath(os.path.expanduser(external_data)))
+    name = source.name if source.is_dir() else source.stem
+    return Path(output_dir) / EVALUATION_DIRNAME / f"{EXTERNAL_SPLIT}_{name}"

@@ -28,10 +28,17 @@ from monai.data import CacheDataset, Dataset, PersistentDataset
 from torch.utils.data import WeightedRandomSampler
 
 from alz_monai.data.records import CONTENT_KEY, bids_entity, is_nifti, load_records, summarize_records
-from alz_monai.data.splits import kfold_splits, records_for_split, resolve_splits
+from alz_monai.data.splits import (
+    SPLIT_TABLE_NAME,
+    as_external,
+    kfold_splits,
+    read_split_table,
+    records_for_split,
+    resolve_splits,
+)
 from alz_monai.data.validate import DEFAULT_FOREGROUND_FRACTION, check_records, ensure_valid, log_warnings
 from alz_monai.distributed import is_main_process
-from alz_monai.errors import DataError
+from alz_monai.errors import DataError, LeakageError
 from alz_monai.fileio import atomic_write_text
 
 __all__ = ["CACHE_MODES", "DATASET_KEYS", "PATH_KEY", "prepare_records", "split_records", "scan_records",
@@ -57,6 +64,7 @@ def prepare_records(
     foreground_fraction: float = DEFAULT_FOREGROUND_FRACTION,
     validation_workers: int = 2,
     validation_store: str | Path | None = None,
+    external: bool = False,
 ) -> list[dict[str, Any]]:
     """Load, validate and split a dataset: the one entry point of every bundle.
 
@@ -67,6 +75,10 @@ def prepare_records(
     ``num_folds`` folds and fold ``fold`` validates; the test split is never touched. ``validation_store``: a
     folder keeping the results of scans that passed, so that later runs over the same files (the other bundle,
     evaluation) do not decode them again (see :class:`~alz_monai.data.validate.ValidationStore`).
+
+    ``external``: ``source`` is another site's or cohort's data for the run in ``output_dir``: every scan is in
+    the external split and the run's split table is not applied, but a scan whose file is one of the run's train
+    or val scans is refused (the model was fitted or selected on it).
     """
     records = load_records(source, classes=classes)
     # under multi-GPU training rank 0 validates and writes the split table; the other ranks then reuse it
@@ -74,8 +86,18 @@ def prepare_records(
         if validate:
             records = ensure_valid(records, classes, foreground_fraction=foreground_fraction,
                                    workers=validation_workers, store_dir=validation_store)
-        records = resolve_splits(records, output_dir, ratios=split_ratios, seed=seed)
+        if external:
+            _refuse_training_scans(records, output_dir, source, workers=validation_workers)
+        else:
+            records = resolve_splits(records, output_dir, ratios=split_ratios, seed=seed)
     idist.barrier()
+    if external:
+        records = as_external(records)
+        logger.info("external dataset %s: %d scans of %d participants (%s); the split table of %s is not applied",
+                    source, len(records), len({record["participant_id"] for record in records}),
+                    ", ".join(f"{name} {sum(1 for r in records if int(r['label']) == index)}"
+                              for index, name in enumerate(classes)), output_dir)
+        return records
     if not is_main_process():
         records = resolve_splits(records, output_dir, ratios=split_ratios, seed=seed)
     if fold is not None:
@@ -83,6 +105,50 @@ def prepare_records(
         logger.info("cross-validation fold %d of %d", fold, num_folds)
     logger.info("dataset %s\n%s", source, summarize_records(records, classes))
     return records
+
+
+def _refuse_training_scans(records: Sequence[dict[str, Any]], output_dir: str | Path, source: str | Path,
+                           workers: int) -> None:
+    """Refuse external scans that are byte-identical to a train or val scan of the run's split table; warn about
+    participant ids the two share (cohorts often number participants alike, so that alone proves nothing).
+
+    Only files of equal size can be equal, so only those are hashed: the guard costs little however large the
+    training set.
+    """
+    table_path = Path(output_dir) / SPLIT_TABLE_NAME
+    if not table_path.is_file():
+        logger.warning("%s does not exist, so the external scans cannot be compared with the run's training scans",
+                       table_path)
+        return
+    trained = [row for row in read_split_table(table_path) if row["split"] in ("train", "val")]
+    trained_sizes = {row["image"]: _file_size(row["image"]) for row in trained}
+    unreadable = sum(1 for size in trained_sizes.values() if size is None)
+    if unreadable:
+        logger.warning("%d of %d train/val scans of %s cannot be read, so external copies of them cannot be found",
+                       unreadable, len(trained), table_path)
+    external_sizes = [_file_size(record["image"]) for record in records]
+    common = {size for size in trained_sizes.values() if size is not None} & set(external_sizes)
+    candidates = [{"image": image} for image, size in trained_sizes.items() if size in common]
+    suspects = [record for record, size in zip(records, external_sizes) if size in common]
+    trained_by_hash = dict(zip(_content_keys(candidates, workers, source=f"the train/val scans of {table_path}"),
+                               (row["image"] for row in candidates)))
+    split_of = {row["image"]: (row["split"], row["participant_id"]) for row in trained}
+    problems = []
+    for record, key in zip(suspects, _content_keys(suspects, workers, source=f"the external data {source}")):
+        if key in trained_by_hash:
+            image = trained_by_hash[key]
+            split, participant = split_of[image]
+            problems.append(f"{record['image']}: the same file as {image} ({split} scan of participant {participant})")
+    if problems:
+        raise LeakageError(problems, source=f"the external data {source} (against {table_path})",
+                           hint="Remove the run's own train/val scans from the external data: a model scored on "
+                           "scans it was fitted or selected on says nothing about another site; then run again.")
+    shared = sorted({record["participant_id"] for record in records} & {row["participant_id"] for row in trained})
+    if shared:
+        logger.warning("%d participant id(s) of the external data are also train/val participants of %s (%s%s): "
+                       "if they are the same people, this evaluation is not cross-site", len(shared), table_path,
+                       ", ".join(shared[:5]), ", ..." if len(shared) > 5 else "")
+    logger.info("none of the %d external scans is a train/val scan of %s", len(records), table_path)
 
 
 def split_records(records: Sequence[dict[str, Any]], split: str) -> list[dict[str, Any]]:
@@ -139,10 +205,17 @@ def _content_key(record: dict[str, Any]) -> str:
     return file_sha256(record["image"])
 
 
-def _content_keys(records: Sequence[dict[str, Any]], workers: int) -> list[str]:
+def _file_size(path: str) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
+
+
+def _content_keys(records: Sequence[dict[str, Any]], workers: int, source: str = "the scans to cache") -> list[str]:
     fresh = sum(1 for record in records if record.get(CONTENT_KEY) is None)
     if fresh:
-        logger.info("hashing %d scans not hashed by validation, for the persistent cache's keys", fresh)
+        logger.info("hashing %d of %s, not hashed by validation", fresh, source)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         futures = [pool.submit(_content_key, record) for record in records]
     problems, keys = [], []
@@ -155,7 +228,7 @@ def _content_keys(records: Sequence[dict[str, Any]], workers: int) -> list[str]:
         else:
             raise error
     if problems:
-        raise DataError(problems, source="the scans to cache",
+        raise DataError(problems, source=source,
                         hint="Restore the listed scans or turn validate_data on to find every problem, then run again.")
     return keys
 

@@ -27,6 +27,7 @@ from sklearn.model_selection import StratifiedKFold
 from alz_monai.data.records import CONTENT_KEY, SPLIT_NAMES, canonical_split
 from alz_monai.errors import DataError, LeakageError
 from alz_monai.fileio import atomic_open
+from alz_monai.layout import EXTERNAL_SPLIT
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,10 @@ SPLIT_TABLE_COLUMNS: tuple[str, ...] = ("participant_id", "session_id", "image",
 _COVERAGE_PRIORITY = (0, 2, 1)
 
 Record = dict[str, Any]
+
+# EXTERNAL_SPLIT: every scan of a dataset from another site or cohort, evaluated with a model trained elsewhere;
+# never in a split table and never trained on, so never one of a dataset's own splits (SPLIT_NAMES) either.
+EVALUATION_SPLITS: tuple[str, ...] = (*SPLIT_NAMES, EXTERNAL_SPLIT)
 
 
 def _check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
@@ -310,9 +315,19 @@ def kfold_splits(records: Sequence[Record], num_folds: int, fold: int, seed: int
     ]
 
 
+def as_external(records: Sequence[Record]) -> list[Record]:
+    """Copies of ``records`` all in the external split, whatever split their source gave them: every scan of an
+    external dataset is evaluated, and none is trained on."""
+    given = sum(1 for record in records if record["split"])
+    if given:
+        logger.info("the external data give a split for %d of %d scans: all are evaluated as %r", given,
+                    len(records), EXTERNAL_SPLIT)
+    return [{**record, "split": EXTERNAL_SPLIT} for record in records]
+
+
 def records_for_split(records: Sequence[Record], split: str) -> list[Record]:
-    """The records of one split ("train", "val" or "test"; "validation"/"valid" also mean "val")."""
-    name = canonical_split(split)
+    """The records of one split ("train", "val", "test" or "external"; "validation"/"valid" also mean "val")."""
+    name = EXTERNAL_SPLIT if split == EXTERNAL_SPLIT else canonical_split(split)
     if not name:
-        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLIT_NAMES)}")
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(EVALUATION_SPLITS)}")
     return [record for record in records if record["split"] == name]
