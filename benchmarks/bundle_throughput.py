@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import print_table, write_result  # noqa: E402
+from common import ENGINE_LOGGING_ARGS, print_table, write_result  # noqa: E402
 
 BUNDLES = Path(__file__).resolve().parent.parent / "bundles"
 EPOCH_LINE = re.compile(r"^(\S+ \S+) - ignite\.engine\.engine\.(SupervisedTrainer|SupervisedEvaluator) - INFO - "
@@ -92,7 +92,8 @@ def main() -> None:
         get = {overrides[i].lstrip("-"): overrides[i + 1] for i in range(0, len(overrides) - 1, 2)}
         output_dir = Path(get["output_dir"])
         launcher = args.launcher.split() if args.launcher else [sys.executable]
-        command = [*launcher, "-m", "monai.bundle", "run", "training", "--config_file", args.config, *overrides]
+        command = [*launcher, "-m", "monai.bundle", "run", "training", "--config_file", args.config,
+                   *ENGINE_LOGGING_ARGS, *overrides]
         began = time.perf_counter()
         result = subprocess.run(command, cwd=BUNDLES / args.bundle, capture_output=True, text=True)
         wall = round(time.perf_counter() - began, 1)

@@ -14,6 +14,9 @@ from typing import Any
 import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+#: ``python -m monai.bundle run`` arguments keeping Ignite's evaluator lines, which the bundles' logging.conf quiets
+#: and the timing benchmarks read.
+ENGINE_LOGGING_ARGS = ["--logging_file", str(Path(__file__).resolve().parent / "logging_engines.conf")]
 
 
 def environment() -> dict[str, Any]:

@@ -40,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bundle_throughput import train_samples_per_epoch  # noqa: E402
-from common import RESULTS_DIR, print_table, write_result  # noqa: E402
+from common import ENGINE_LOGGING_ARGS, RESULTS_DIR, print_table, write_result  # noqa: E402
 
 BUNDLES = Path(__file__).resolve().parent.parent / "bundles"
 STAGE2_CONFIG = "['../ad_resnet3d/configs/train.yaml','configs/mosa.yaml']"
@@ -128,7 +128,8 @@ def phases(log: str, launched: datetime.datetime, finished: datetime.datetime,
 
 def run_bundle(bundle: str, config: str, overrides: list[str], log_path: Path) -> tuple[str, datetime.datetime,
                                                                                           datetime.datetime]:
-    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", config, *overrides]
+    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", config,
+               *ENGINE_LOGGING_ARGS, *overrides]
     print("$ (cd", BUNDLES / bundle, ";", " ".join(command), ")", flush=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     launched = datetime.datetime.now()
