@@ -44,7 +44,9 @@ class ClassificationReport:
     CSV columns, TensorBoard text): with ``"on_best"`` the model of the current trainer epoch, otherwise the
     checkpoint file with the training epoch it holds. ``prefix_metrics`` names the scalars in ``state.metrics``
     ``<prefix>/<name>`` as in TensorBoard: the test report's, so that trackers logging ``state.metrics`` (MONAI's
-    MLFlowHandler) keep them apart from the validation curves, whose names stay bare (``key_metric``).
+    MLFlowHandler) keep them apart from the validation curves, whose names stay bare (``key_metric``). Behind an
+    :class:`~alz_monai.handlers.ApplyTemperature`, the report states the temperature and the ECE before scaling,
+    and draws the unscaled reliability diagram beside the scaled one.
     """
 
     def __init__(
