@@ -72,7 +72,7 @@ def evaluation_dir(output_dir: str | os.PathLike, eval_split: str, external_data
 
     Every scan of ``external_data`` is in the external split, so any other ``eval_split`` is refused.
     """
-    if external_data is None:
+    if not external_data:
         if eval_split == EXTERNAL_SPLIT:
             raise ConfigError(f"--eval_split {EXTERNAL_SPLIT} evaluates another site's data: pass --external_data "
                               "PATH (a folder, table, datalist or BIDS root) instead")

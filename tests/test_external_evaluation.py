@@ -119,8 +119,8 @@ def test_copy_of_a_training_scan_is_refused_by_name(stage1_run: BundleRun, site_
             writer.writerows(rows + extra)
 
     write([{"image": str(copy), "label": trained["label_name"], "participant_id": "sub-other"}])
-    with pytest.raises(LeakageError) as refused:
-        prepare_records(table, CLASSES, stage1_run.output_dir, external=True, validate=False)
+    with pytest.raises(LeakageError) as refused:  # validated as the bundles do: validation's hashes are compared
+        prepare_records(table, CLASSES, stage1_run.output_dir, external=True, validate=True)
     assert refused.value.problems == [f"{copy}: the same file as {training_image} (train scan of participant "
                                       f"{trained['participant_id']})"]
 
