@@ -68,7 +68,7 @@ def is_epoch_checkpoint(path: str | Path) -> bool:
 
 def evaluation_dir(output_dir: str | os.PathLike, eval_split: str, external_data: str | os.PathLike | None) -> Path:
     """Where ``run evaluating`` writes: ``evaluation/<split>``, or ``evaluation/external_<name>`` for another
-    site's data, named after its folder or file (several external datasets keep apart reports).
+    site's data, named after its folder or file (so that reports on several external datasets stay apart).
 
     Every scan of ``external_data`` is in the external split, so any other ``eval_split`` is refused.
     """
