@@ -151,6 +151,9 @@ def _evaluation_folders(run_dir: Path) -> list[tuple[str, str, Path]]:
         split = path.name[: -len("_metrics.json")]
         if split == path.parent.name:
             found.append((f"{split} split (run evaluating)", split, path.parent))
+        elif split == layout.EXTERNAL_SPLIT and path.parent.name.startswith(f"{layout.EXTERNAL_SPLIT}_"):
+            name = path.parent.name[len(layout.EXTERNAL_SPLIT) + 1:]
+            found.append((f"external data {name} (run evaluating)", split, path.parent))
     if (reports / f"{BEST_VALIDATION_PREFIX}_metrics.json").is_file():
         found.append(("validation, best epoch", BEST_VALIDATION_PREFIX, reports))
     return found

@@ -93,16 +93,13 @@ def prepare_records(
     idist.barrier()
     if external:
         records = as_external(records)
-        logger.info("external dataset %s: %d scans of %d participants (%s); the split table of %s is not applied",
-                    source, len(records), len({record["participant_id"] for record in records}),
-                    ", ".join(f"{name} {sum(1 for r in records if int(r['label']) == index)}"
-                              for index, name in enumerate(classes)), output_dir)
-        return records
-    if not is_main_process():
-        records = resolve_splits(records, output_dir, ratios=split_ratios, seed=seed)
-    if fold is not None:
-        records = kfold_splits(records, num_folds=num_folds, fold=fold, seed=seed)
-        logger.info("cross-validation fold %d of %d", fold, num_folds)
+        logger.info("external dataset: every scan evaluated, the split table of %s not applied", output_dir)
+    else:
+        if not is_main_process():
+            records = resolve_splits(records, output_dir, ratios=split_ratios, seed=seed)
+        if fold is not None:
+            records = kfold_splits(records, num_folds=num_folds, fold=fold, seed=seed)
+            logger.info("cross-validation fold %d of %d", fold, num_folds)
     logger.info("dataset %s\n%s", source, summarize_records(records, classes))
     return records
 

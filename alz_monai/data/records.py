@@ -398,7 +398,8 @@ def summarize_records(records: Sequence[dict[str, Any]], classes: Sequence[str] 
     columns = ["split", "label_name", "participant_id"]
     frame = pd.DataFrame([{name: record[name] for name in columns} for record in records], columns=columns)
     frame["split"] = frame["split"].replace("", "(none)")
-    order = [name for name in (*SPLIT_NAMES, "(none)") if name in set(frame["split"])]
+    present = set(frame["split"])
+    order = [name for name in (*SPLIT_NAMES, "(none)") if name in present] + sorted(present - {*SPLIT_NAMES, "(none)"})
     counts = pd.crosstab(frame["split"], frame["label_name"]).reindex(index=order, columns=list(classes), fill_value=0)
     counts["scans"] = counts.sum(axis=1)
     counts["participants"] = frame.groupby("split")["participant_id"].nunique().reindex(order)
