@@ -8,7 +8,8 @@ with the stage-2 bundle initialised from each stage-1 model. One table: balanced
 participant-bootstrap 95% CIs, ECE after and before the run's temperature scaling, scans.
 
     python benchmarks/cross_site.py OUTPUT_DIR --train default --train default,siteA --test-site siteC \\
-        [--subjects 40 --sessions 2 --spacing 2] [--stage2 [--stage2-overrides "--embed_dim 64"]] \\
+        [--subjects 40 --sessions 2 --spacing 2] [--stage1-overrides "--network_def#name resnet10"] \\
+        [--stage2 [--stage2-overrides "--backbone resnet10 --embed_dim 64"]] \\
         -- <overrides of both bundles, e.g. --num_epochs 30 --spatial_size [96,96,96]>
 """
 
@@ -134,11 +135,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the first site; each next site adds one")
     parser.add_argument("--workers", type=int, default=1, help="processes generating the synthetic scans")
     parser.add_argument("--stage2", action="store_true", help="also train and evaluate the stage-2 bundle")
+    parser.add_argument("--stage1-overrides", default="", help="overrides of the stage-1 bundle alone")
     parser.add_argument("--stage2-overrides", default="", help="overrides of the stage-2 bundle alone")
     parser.add_argument("--label", default="", help="suffix of the result file")
     args, rest = parser.parse_known_args()  # everything else goes to both bundles
     common = override_pairs(rest)
-    stage2_only = override_pairs(shlex.split(args.stage2_overrides))
+    only = {STAGE1: override_pairs(shlex.split(args.stage1_overrides)),
+            STAGE2: override_pairs(shlex.split(args.stage2_overrides))}
     training_sets = [[site.strip() for site in spec.split(",") if site.strip()] for spec in args.train]
     for sites in training_sets:
         seen = sorted(set(sites) & set(args.test_site))
@@ -157,10 +160,9 @@ def main() -> None:
         bundles = [STAGE1, STAGE2] if args.stage2 else [STAGE1]
         for bundle in bundles:
             run_dir = run_dirs[bundle]
-            overrides = {**common, "dataset_dir": str(table), "output_dir": str(run_dir)}
+            overrides = {**common, **only[bundle], "dataset_dir": str(table), "output_dir": str(run_dir)}
             if bundle == STAGE2:
-                overrides.update({**stage2_only,
-                                  "stage1_model": str(run_dirs[STAGE1] / CHECKPOINTS_DIRNAME / BEST_MODEL_NAME)})
+                overrides["stage1_model"] = str(run_dirs[STAGE1] / CHECKPOINTS_DIRNAME / BEST_MODEL_NAME)
             logs = output / "logs" / name
             print(f"training {bundle} on {name}, log in {logs}", flush=True)
             run_bundle(bundle, "training", (), overrides, log_path=logs / f"{bundle}_training.log")
@@ -178,7 +180,7 @@ def main() -> None:
     print_table([display_row(row) for row in rows], COLUMNS)
     result_name = f"cross_site_{args.label}" if args.label else "cross_site"
     print(write_result(result_name, {
-        "rows": rows, "overrides": common, "stage2_overrides": stage2_only,
+        "rows": rows, "overrides": common, "stage1_overrides": only[STAGE1], "stage2_overrides": only[STAGE2],
         "data": {site: {"folder": str(folder), "seed": args.seed + index}
                  for index, (site, folder) in enumerate(datasets.items())},
         "subjects_per_site": args.subjects, "sessions": args.sessions, "spacing_mm": args.spacing}))
