@@ -282,8 +282,10 @@ def calibrate_run(output_dir: str | Path, model_path: str | Path,
     if applied:
         record["reason"] = f"fitted on {fit.num_samples} validation scans of {predictions_path.absolute()}"
     else:
+        why = ("too few or too easy scans to calibrate on" if fit.temperature < 1.0 else
+               "the model is confidently wrong there, so any temperature only flattens its probabilities")
         record["reason"] = (f"the temperature fitted on {fit.num_samples} validation scans stopped at its bound "
-                            f"({fit.temperature:.3g}): too few or too easy scans to calibrate on")
+                            f"({fit.temperature:.3g}): {why}")
         logger.warning("%s; evaluations of %s report uncalibrated probabilities", record["reason"], model_path.name)
     atomic_write_json(model_path.parent / TEMPERATURE_NAME, {**fit.to_json(), "applied": applied, "model": model})
     record_calibration(output_dir, metrics.to_jsonable(record))
