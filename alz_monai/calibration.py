@@ -58,7 +58,7 @@ logger = logging.getLogger(__name__)
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 #: Smallest probability taken from a CSV: the file rounds to 6 decimals, so a written 0 means below 5e-7.
 PROBABILITY_FLOOR = 1e-7
-#: File name of a fitted temperature, in a run's ``reports/`` beside the predictions it was fitted on.
+#: File name of a fitted temperature: beside the model (calibrate_run) or the predictions (fit_temperature_to_run).
 TEMPERATURE_NAME = "temperature.json"
 # Tolerance of the bounded search, in log T: 1e-6 relative in T, far below what the NLL can resolve.
 _LOG_TEMPERATURE_TOLERANCE = 1e-6
