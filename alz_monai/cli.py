@@ -248,18 +248,28 @@ def _cmd_cv(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_cv_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "cv", help="k-fold cross-validation of a bundle, with a fold ensemble on the test split",
-        description=crossval.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        usage="%(prog)s BUNDLE_DIR --num-folds K --output-dir OUT [--folds 0,2] [--split-table TSV] "
-              "[--bootstrap-resamples N] [-- BUNDLE_OVERRIDES ...]")
+def _add_bundle_runs_parser(subparsers: Any, name: str, description: str | None, usage: str,
+                            add_options: Callable[[argparse.ArgumentParser], None],
+                            command: Callable[[argparse.ArgumentParser, argparse.Namespace], int], *, summary: str,
+                            overrides_help: str) -> None:
+    """A command that trains a bundle many times (cv folds, tune trials): BUNDLE_DIR, its options, -- overrides."""
+    parser = subparsers.add_parser(name, help=summary, description=description, usage=usage,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bundle_dir", type=Path, help="bundle folder, e.g. bundles/ad_resnet3d")
-    _add_cv_options(parser)
+    add_options(parser)
     parser.add_argument("bundle_arguments", nargs=argparse.REMAINDER, metavar="-- BUNDLE_OVERRIDES",
-                        help="after --: overrides for every fold's training, e.g. -- --num_epochs 50 (relative "
-                             "paths are relative to BUNDLE_DIR)")
-    parser.set_defaults(func=lambda args: _cmd_cv(parser, args))
+                        help=overrides_help)
+    parser.set_defaults(func=lambda args: command(parser, args))
+
+
+def _add_cv_parser(subparsers: Any) -> None:
+    _add_bundle_runs_parser(
+        subparsers, "cv", crossval.__doc__,
+        "%(prog)s BUNDLE_DIR --num-folds K --output-dir OUT [--folds 0,2] [--split-table TSV] "
+        "[--bootstrap-resamples N] [-- BUNDLE_OVERRIDES ...]", _add_cv_options, _cmd_cv,
+        summary="k-fold cross-validation of a bundle, with a fold ensemble on the test split",
+        overrides_help="after --: overrides for every fold's training, e.g. -- --num_epochs 50 (relative paths are "
+                       "relative to BUNDLE_DIR)")
 
 
 def _add_tune_options(parser: argparse.ArgumentParser) -> None:
@@ -286,16 +296,12 @@ def _cmd_tune(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 
 def _add_tune_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "tune", help="Optuna search of a bundle's recipe over cross-validation folds of train+val",
-        description=tune.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        usage="%(prog)s BUNDLE_DIR --num-folds K --output-dir OUT --trials N [--folds 0,2] [--space FILE] "
-              "[--metric M] [--no-prune] [--seed S] [-- BUNDLE_OVERRIDES ...]")
-    parser.add_argument("bundle_dir", type=Path, help="bundle folder, e.g. bundles/ad_resnet3d")
-    _add_tune_options(parser)
-    parser.add_argument("bundle_arguments", nargs=argparse.REMAINDER, metavar="-- BUNDLE_OVERRIDES",
-                        help="after --: overrides for every trial's training, e.g. -- --spatial_size [96,112,96]")
-    parser.set_defaults(func=lambda args: _cmd_tune(parser, args))
+    _add_bundle_runs_parser(
+        subparsers, "tune", tune.__doc__,
+        "%(prog)s BUNDLE_DIR --num-folds K --output-dir OUT --trials N [--folds 0,2] [--space FILE] "
+        "[--metric M] [--no-prune] [--seed S] [-- BUNDLE_OVERRIDES ...]", _add_tune_options, _cmd_tune,
+        summary="Optuna search of a bundle's recipe over cross-validation folds of train+val",
+        overrides_help="after --: overrides for every trial's training, e.g. -- --spatial_size [96,112,96]")
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
