@@ -11,11 +11,13 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import BundleCLI, BundleRun
 
 from alz_monai.data import validate
 from alz_monai.data.dataset import prepare_records
 from alz_monai.data.records import CONTENT_KEY
 from alz_monai.data.validate import ValidationReport, check_records
+from alz_monai.recipes import STAGE1
 
 CLASSES = ("CN", "AD")
 
@@ -178,3 +180,27 @@ def test_a_store_that_cannot_be_made_or_written_only_costs_speed(
         assert_same(check(scans, tmp_path / "store"), fresh)
     assert sum("cannot write" in message for message in caplog.messages) == 1
     assert list((tmp_path / "store").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_an_evaluation_through_the_disk_cache_reads_each_scan_once(
+        stage1_run: BundleRun, bundle_cli: BundleCLI, tmp_path: Path) -> None:
+    """`run evaluating --cache disk`: the first evaluation decodes the scans and caches the test split's volumes;
+    a second one takes validation from the store and every volume from the cache, with the same report."""
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    shutil.copytree(stage1_run.output_dir, run,
+                    ignore=shutil.ignore_patterns("checkpoint_latest.pt", ".lock", "evaluation", "inference"))
+    command = ("run", "evaluating", "--config_file", bundle_cli.configs(STAGE1, "evaluate"), "--output_dir", str(run),
+               "--cache", "disk", "--cache_dir", str(cache))
+    first = bundle_cli(STAGE1, *command)
+    test_scans = json.loads((run / "reports" / "test_metrics.json").read_text())["num_samples"]
+    volumes = sorted(path.name for path in cache.glob("*.pt"))
+    assert len(volumes) == test_scans
+    assert f"0 of {len(list((cache / 'validation').iterdir()))} scans taken from it" in first.stdout
+    second = bundle_cli(STAGE1, *command, "--overwrite", "true")
+    assert "scans taken from it, 0 read and checked" in second.stdout
+    assert sorted(path.name for path in cache.glob("*.pt")) == volumes
+    evaluated = json.loads((run / "evaluation" / "test" / "test_metrics.json").read_text())
+    trained = json.loads((stage1_run.output_dir / "reports" / "test_metrics.json").read_text())
+    for name in ("auc", "balanced_accuracy", "confusion_matrix", "expected_calibration_error", "calibration"):
+        assert evaluated[name] == trained[name], name
