@@ -150,6 +150,16 @@ def test_other_checks_do_not_reuse_entries(tmp_path: Path, scans: list[Path], de
     assert_same(check(scans, store), check(scans, None))  # the first entries are still there and still right
 
 
+def test_changed_checks_do_not_reuse_entries(tmp_path: Path, scans: list[Path], decoded: list[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    store = tmp_path / "store"
+    check(scans, store)
+    monkeypatch.setattr(validate, "_CHECKS_SHA256", "0" * 64)  # what an edit of the checks' code does
+    decoded.clear()
+    check(scans, store)
+    assert sorted(decoded) == sorted(str(scan) for scan in scans)
+
+
 def test_prepare_records_validates_through_the_store(tmp_path: Path, tiny_dataset: Path, decoded: list[str]) -> None:
     store = tmp_path / "store"
     first = prepare_records(tiny_dataset, CLASSES, tmp_path / "run", validation_store=store)

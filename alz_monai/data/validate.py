@@ -48,6 +48,7 @@ import json
 import logging
 import math
 import os
+import sys
 import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -69,9 +70,10 @@ from alz_monai.fileio import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
-# Bump whenever a check changes what it reports for a file (including ForegroundThreshold's rule): results a
-# validation store holds from another version are then no longer used.
-VALIDATOR_VERSION = 1
+# The code of the checks (this module and ForegroundThreshold's): any change to it retires what a validation store
+# holds, with no version number to forget to bump.
+_CHECKS_SHA256 = hashlib.sha256(b"".join(Path(module.__file__).read_bytes() for module in (
+    sys.modules[__name__], sys.modules[ForegroundThreshold.__module__]) if module.__file__)).hexdigest()
 DEFAULT_MAX_VOXELS = 1024**3
 DEFAULT_FOREGROUND_FRACTION = 0.1  # the bundles' foreground_fraction
 WORKING_DTYPE = np.float32
@@ -116,7 +118,7 @@ class ValidationStore:
     """Results of the per-file checks of scans that passed (perhaps with warnings), kept in a folder by content.
 
     One small JSON file per scan, named by the SHA-256 of the file's bytes and a fingerprint of everything that
-    decides the result: ``VALIDATOR_VERSION``, nibabel's version, the module's limits, ``max_voxels`` and
+    decides the result: the checks' code, nibabel's version, the module's limits, ``max_voxels`` and
     ``foreground_fraction`` (classes and labels do not matter: record checks run every time). A changed file has
     another hash, so it is never served an old result. Failing scans are not stored: they are checked again on
     every run, so their messages follow the file and the checks. Messages are stored without the file's path
@@ -131,7 +133,7 @@ class ValidationStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._write_failed = False
         description = {
-            "version": VALIDATOR_VERSION, "nibabel": nib.__version__, "working_dtype": np.dtype(WORKING_DTYPE).name,
+            "checks": _CHECKS_SHA256, "nibabel": nib.__version__, "working_dtype": np.dtype(WORKING_DTYPE).name,
             "max_magnitude": MAX_MAGNITUDE, "voxel_size_range_mm": VOXEL_SIZE_RANGE_MM,
             "full_foreground_share": FULL_FOREGROUND_SHARE, "singular_ratio": SINGULAR_RATIO,
             "sample_voxels": _SAMPLE_VOXELS, "max_voxels": max_voxels, "foreground_fraction": foreground_fraction,
